@@ -1,0 +1,1 @@
+"""One thin module per metalcore process (supervisord program); each has ``main()``."""
