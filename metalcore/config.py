@@ -250,6 +250,9 @@ SETTINGS: tuple[Spec, ...] = (
          "before finalizing the allocation."),
     Spec("pxe_interface", _str, "", "Interface the PXE stage watches for DHCP; required by that stage.",
          required_by=("pxe",)),
+    Spec("netns", _str, "", "Network namespace (name from `ip netns`) in which the sockets that face the "
+         "booting machines are opened (DHCP watch, TFTP, PXE HTTP, hammer proxy); empty = the process's own. "
+         "The lab uses it; a rack host normally leaves it empty."),
     Spec("pxe_http_port", _port, 4280, "Port of the PXE stage's HTTP server (iPXE scripts, kernel, initrd)."),
     Spec("tftp_port", _port, 69, "Port of the PXE stage's TFTP server."),
     Spec("tftp_root", _str, "/usr/lib/ipxe", "Directory of the iPXE binaries served over TFTP (Debian's "

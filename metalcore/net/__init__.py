@@ -1,0 +1,1 @@
+"""The syscall seam: network namespaces, raw sockets, interfaces. Stages get these objects handed in."""
