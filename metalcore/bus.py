@@ -45,6 +45,7 @@ PUB_HWM = 10000
 # A tap or status reader keeps little: when it falls behind, ZeroMQ drops at its side, not the stage's.
 TAP_HWM = 1000
 JOURNAL_KEEP = 50000
+RECORD_MAX_BYTES = 64 << 20
 
 
 def prepare_run_dir(run_dir: str) -> str:
@@ -79,13 +80,36 @@ def _decode_or_log(frames: list[bytes], where: str) -> Envelope | None:
 
 # --- streams -------------------------------------------------------------------------------------------
 
+class EventRecord:
+    """Every event a stage publishes (heartbeats aside) also goes, as one JSON line, into
+    ``<run_dir>/events-<stage>.jsonl``: `metalcore trace` reads a machine's timeline from these files, even
+    for a time when no tap was listening. The file is rotated once at RECORD_MAX_BYTES (one old copy)."""
+
+    def __init__(self, run_dir: str, stage: str) -> None:
+        self.path = os.path.join(run_dir, f"events-{stage}.jsonl")
+        self._f = open(self.path, "ab")
+
+    def write(self, payload: bytes) -> None:
+        self._f.write(payload + b"\n")
+        self._f.flush()
+        if self._f.tell() > RECORD_MAX_BYTES:
+            self._f.close()
+            os.replace(self.path, self.path + ".1")
+            self._f = open(self.path, "ab")
+
+    def close(self) -> None:
+        self._f.close()
+
+
 class EventPublisher:
     """Publishes events of one stage. Thread-safe; never blocks (PUB drops at the high-water mark)."""
 
-    def __init__(self, run_dir: str, stage: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, run_dir: str, stage: str, clock: Callable[[], float] = time.time,
+                 record: bool = True) -> None:
         self.stage = stage
         self.clock = clock
         self._lock = threading.Lock()
+        self._record = EventRecord(prepare_run_dir(run_dir), stage) if record else None
         self._sock = zmq.Context.instance().socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, PUB_HWM)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -102,6 +126,8 @@ class EventPublisher:
     def send(self, env: Envelope) -> None:
         frames = encode(env)
         with self._lock:
+            if self._record is not None and env.stream != "heartbeat":
+                self._record.write(frames[1])
             try:
                 self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
                 self.published += 1
@@ -111,6 +137,8 @@ class EventPublisher:
     def close(self) -> None:
         with self._lock:
             self._sock.close(linger=0)
+            if self._record is not None:
+                self._record.close()
 
 
 class EventSubscriber:
