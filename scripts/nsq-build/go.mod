@@ -1,6 +1,6 @@
 module nsqbuild
 
-go 1.26.8
+go 1.19
 
 require github.com/nsqio/nsq v1.3.0
 
