@@ -8,7 +8,8 @@ setup(
     description="The per-rack sidecar of a bare-metal cloud: a Python Metal Core.",
     python_requires=">=3.11",
     packages=find_packages(include=["metalcore", "metalcore.*", "stages"]),
-    package_data={"metalcore": ["lab/*.sh", "lab/yang/*.yang", "lab/initrd/*", "protocol/README.md"]},
+    package_data={"metalcore": ["lab/*.sh", "lab/yang/*.yang", "lab/initrd/*", "lab/metal_api/*.json",
+                                "protocol/README.md"]},
     install_requires=[
         "pynsq>=0.9.1,<0.10",
         "tornado>=6,<7",            # pynsq 0.9.1 fails to import with tornado 4/5 on Python >= 3.10

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import pytest
 
-from metalcore.lab import BmcFarm, NsqPeer, RackLab, SwitchLab
+from metalcore.lab.bmcs import BmcFarm
+from metalcore.lab.nsq import NsqPeer
+from metalcore.lab.rack import RackLab
+from metalcore.lab.switches import SwitchLab
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,8 @@ def _summary(lab, st: dict) -> str:
 
 
 def cmd_up(args) -> int:
-    from metalcore.lab import LabError, RackLab
+    from metalcore.lab.procs import LabError
+    from metalcore.lab.rack import RackLab
     from metalcore.lab.bmcs import DEFAULT_HOOK
 
     lab = RackLab(Path(args.run_dir), bmcs=args.bmcs, ports_per_switch=args.ports_per_switch,
@@ -99,7 +100,8 @@ def cmd_up(args) -> int:
 
 
 def cmd_down(args) -> int:
-    from metalcore.lab import LabError, RackLab
+    from metalcore.lab.procs import LabError
+    from metalcore.lab.rack import RackLab
 
     try:
         lab = RackLab.load(args.run_dir)
@@ -116,7 +118,8 @@ def cmd_down(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from metalcore.lab import LabError, RackLab
+    from metalcore.lab.procs import LabError
+    from metalcore.lab.rack import RackLab
 
     try:
         lab = RackLab.load(args.run_dir)

@@ -1,12 +1,6 @@
-"""The rack lab: real service peers (NSQ, NETCONF leaf switches, IPMI BMCs) on loopback.
+"""The rack lab: real service peers (NSQ, NETCONF leaf switches, IPMI BMCs, the Metal API stand-in, the PXE
+network and QEMU machines). See metalcore/lab/README.md. Entry point: ``metalcore.lab.rack.RackLab``.
 
-See metalcore/lab/README.md.  Public entry point: ``RackLab``.
+Nothing is imported here on purpose: the stand-in and the peers load independently, so one broken or
+missing peer module does not take the others down with it.
 """
-from metalcore.lab.bmcs import Bmc, BmcFarm
-from metalcore.lab.nsq import NsqPeer
-from metalcore.lab.procs import LabError, MissingPeerBinary, ProcRecord
-from metalcore.lab.rack import Machine, RackLab, ServiceSpec
-from metalcore.lab.switches import RunningConfig, Switch, SwitchLab, connect, running_config
-
-__all__ = ["Bmc", "BmcFarm", "LabError", "Machine", "MissingPeerBinary", "NsqPeer", "ProcRecord",
-           "RackLab", "RunningConfig", "ServiceSpec", "Switch", "SwitchLab", "connect", "running_config"]
