@@ -9,7 +9,10 @@ import time
 
 import pytest
 
-from metalcore.lab import LabError, MissingPeerBinary, RackLab, ServiceSpec, procs, running_config
+from metalcore.lab import procs
+from metalcore.lab.procs import LabError, MissingPeerBinary
+from metalcore.lab.rack import RackLab, ServiceSpec
+from metalcore.lab.switches import running_config
 from metalcore.lab.bmcs import BmcFarm, probe
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
