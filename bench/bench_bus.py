@@ -62,7 +62,7 @@ def start_worker(run_dir: str) -> subprocess.Popen:
 
 def metalcore_jobs(run_dir: str, n: int) -> tuple[float, float]:
     worker = start_worker(run_dir)
-    client = JobClient(run_dir, "ipmi", "bench")
+    client = JobClient(run_dir, "jobtest", "bench")
     try:
         client.call("noop", {"n": -1}, timeout=10)
         t0 = time.perf_counter()

@@ -199,6 +199,9 @@ SETTINGS: tuple[Spec, ...] = (
     Spec("bind_address", _str, "0.0.0.0", "Address the hammer proxy listens on."),
     Spec("port", _port, 4242, "Port of the hammer proxy (metal-core's API for metal-hammer); also the "
          "port in METAL_CORE_ADDRESS on the kernel command line."),
+    Spec("hammer_threads", _int_range(8, 4096), 640, "Worker threads of the hammer proxy. Each install "
+         "long-poll holds one for up to ~30 s, so this bounds how many machines can wait for an allocation "
+         "at once (the rest queue); 640 = 512 waiting machines + room for short calls."),
     Spec("metrics_server_bind_address", _str, "0.0.0.0", "Address of the /metrics endpoints."),
     Spec("metrics_server_port", _port, 2112, "Base port of the /metrics endpoints: stage i of "
          "(pxe, hammer_proxy, nsq_consumer, switch, ipmi) listens on base+i; 0 disables metrics."),
@@ -228,6 +231,12 @@ SETTINGS: tuple[Spec, ...] = (
     Spec("mq_channel", _str, "core", "NSQ channel; shared by every metalcore of the partition so that "
          "each event is handled once."),
     Spec("mq_max_in_flight", _int_range(1, 10000), 64, "Machine events handled at once."),
+    Spec("mq_requeue_delay", _duration(1.0), 1.0, "First requeue delay of a failed machine event; doubles per "
+         "attempt up to 60 s (jittered), so a dead BMC is not hammered and the queue is not stalled."),
+    Spec("mq_lookupd_poll_interval", _int_range(1, 3600), 5, "Seconds between nsqlookupd queries; bounds how "
+         "long consumption pauses after nsqd restarts or moves (go-nsq in metal-core polled every 5 s)."),
+    Spec("boot_device_reset", _bool, False, "Reset the machine after the DISK/PXE commands set the boot "
+         "device, as metal-core did until 2022-05 (PR #64 removed it)."),
     Spec("mq_max_attempts", _int_range(1, 1000), 10, "Attempts of one machine event before it is given "
          "up (finished with an error event, a log line and a metric)."),
     # switch
@@ -245,15 +254,23 @@ SETTINGS: tuple[Spec, ...] = (
     Spec("switches", _switches, (), "Leaf switches to manage: name=netconf://user:password@host:port,..."),
     Spec("switch_confirm_timeout", _duration(1.0), 60.0, "Confirmed-commit timeout: if metalcore dies "
          "between commit and confirm, the switch rolls back by itself after this long."),
+    Spec("switch_test_confirm_delay", _duration(1.0), 0.0, "TEST ONLY: sleep this long between the "
+         "confirmed commit and the confirming commit, so a test can kill -9 the stage in that window; "
+         "keep 0 in production (a switch change stays unconfirmed that long)."),
     # boot / PXE
     Spec("change_boot_order", _bool, True, "After a successful install, set the BMC's boot device to disk "
          "before finalizing the allocation."),
+    Spec("boot_order_timeout", _duration(1.0), 25.0, "How long the hammer proxy waits for the IPMI stage to "
+         "set the boot device before it answers the report with an error (and does not finalize); below "
+         "metal-hammer's 30 s client timeout so that the hammer gets the reason, not a cut connection."),
     Spec("pxe_interface", _str, "", "Interface the PXE stage watches for DHCP; required by that stage.",
          required_by=("pxe",)),
     Spec("netns", _str, "", "Network namespace (name from `ip netns`) in which the sockets that face the "
          "booting machines are opened (DHCP watch, TFTP, PXE HTTP, hammer proxy); empty = the process's own. "
          "The lab uses it; a rack host normally leaves it empty."),
     Spec("pxe_http_port", _port, 4280, "Port of the PXE stage's HTTP server (iPXE scripts, kernel, initrd)."),
+    Spec("pxe_cache_dir", _str, "", "Where the PXE stage caches kernels and initrds it proxies; empty = "
+         "<run_dir>/pxe-cache. Needs room for every partition image (an initrd is ~100 MB)."),
     Spec("tftp_port", _port, 69, "Port of the PXE stage's TFTP server."),
     Spec("tftp_root", _str, "/usr/lib/ipxe", "Directory of the iPXE binaries served over TFTP (Debian's "
          "ipxe package)."),

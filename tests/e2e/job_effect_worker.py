@@ -13,7 +13,7 @@ import time
 from metalcore import log
 from metalcore.bus import EventPublisher, JobWorker
 
-STAGE = "ipmi"  # the worker the stages use; the test worker stands in for its handler
+STAGE = "jobtest"  # its own socket name, so it never collides with the ipmi stage's worker
 
 
 def main() -> int:

@@ -81,7 +81,7 @@ def test_a_bad_setting_ends_fatal_with_the_reason_in_its_log(supervisor_factory)
 
 def _run_jobs_through(sup, disrupt, n=1000):
     run = sup.run_dir
-    client = JobClient(run, "ipmi", "test")
+    client = JobClient(run, "jobtest", "test")
     try:
         t0 = time.monotonic()
         futures = [client.submit("noop", {"n": i}) for i in range(n)]
