@@ -41,6 +41,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     up.add_argument("--no-switches", action="store_true", help="skip the NETCONF switches")
     up.add_argument("--no-nsq", action="store_true", help="skip nsqd/nsqlookupd")
     up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C brings the lab down")
+    up.add_argument("--rack", action="store_true",
+                    help="the whole rack: also the Metal API stand-in, the PXE network (namespaces, site DHCP) "
+                         "and one QEMU machine per BMC, powered by its BMC (what scripts/run starts)")
+    up.add_argument("--settings", help="with --rack: write metalcore's settings for this lab to this TOML file")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop every recorded peer process")
@@ -72,12 +76,18 @@ def cmd_up(args) -> int:
     from metalcore.lab.rack import RackLab
     from metalcore.lab.bmcs import DEFAULT_HOOK
 
-    lab = RackLab(Path(args.run_dir), bmcs=args.bmcs, ports_per_switch=args.ports_per_switch,
-                  bmc_user=args.bmc_user, bmc_password=args.bmc_password,
-                  chassis_hook=args.chassis_hook or DEFAULT_HOOK,
-                  with_switches=not args.no_switches, with_nsq=not args.no_nsq)
     try:
-        lab.up()
+        if args.rack:
+            from metalcore.lab.full_rack import up_full, write_settings
+            lab = up_full(Path(args.run_dir), machines=args.bmcs, ports_per_switch=args.ports_per_switch)
+            if args.settings:
+                write_settings(lab, args.settings)
+        else:
+            lab = RackLab(Path(args.run_dir), bmcs=args.bmcs, ports_per_switch=args.ports_per_switch,
+                          bmc_user=args.bmc_user, bmc_password=args.bmc_password,
+                          chassis_hook=args.chassis_hook or DEFAULT_HOOK,
+                          with_switches=not args.no_switches, with_nsq=not args.no_nsq)
+            lab.up()
     except LabError as e:
         print(f"metalcore lab up: {e}", file=sys.stderr)
         return 1
@@ -95,7 +105,11 @@ def cmd_up(args) -> int:
         signal.signal(sig, lambda *_: stop.append(1))
     while not stop:
         time.sleep(0.5)
-    left = lab.down()
+    if args.rack:
+        from metalcore.lab.full_rack import down_full
+        left = down_full(args.run_dir)
+    else:
+        left = lab.down()
     return 1 if left else 0
 
 
@@ -109,7 +123,11 @@ def cmd_down(args) -> int:
         print(f"metalcore lab down: {e}", file=sys.stderr)
         return 0  # nothing recorded: nothing to stop
     pids = [r.pid for r in lab.all_procs()]
-    left = lab.down()
+    if "pxe-net" in lab.service_info:
+        from metalcore.lab.full_rack import down_full
+        left = down_full(args.run_dir)
+    else:
+        left = lab.down()
     if args.json:
         print(json.dumps({"stopped": [p for p in pids if p not in left], "left": left}))
     else:
