@@ -8,7 +8,7 @@ setup(
     description="The per-rack sidecar of a bare-metal cloud: a Python Metal Core.",
     python_requires=">=3.11",
     packages=find_packages(include=["metalcore", "metalcore.*", "stages"]),
-    package_data={"metalcore": ["lab/*.sh", "lab/yang/*.yang", "lab/initrd/*", "lab/metal_api/*.json",
+    package_data={"metalcore": ["lab/*.sh", "lab/yang/*.yang", "lab/initrd/*", "lab/metal_api/*.json", "hammer/*.json",
                                 "protocol/README.md"]},
     install_requires=[
         "pynsq>=0.9.1,<0.10",
