@@ -1,0 +1,155 @@
+"""Benchmarks of the machine-event path: publish on nsqd -> nsq_consumer -> ipmi stage -> ipmi_sim BMC read-back
+-> FIN (the consumer's ``nsq.done`` bus event is published right after the FIN).
+
+    .venv/bin/python bench/bench_nsq_ipmi.py [--events 2000] [--cycle-bmcs 500] [--only throughput,latency,cycle]
+
+Not part of the test suite. Results go to docs/benchmarks-nsq-ipmi.md by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import nsq  # noqa: E402
+
+from tests.integration.nsq_ipmi_rig import Rig, machine_id  # noqa: E402
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def anchor_rate(rig: Rig, n: int) -> float:
+    """A bare pynsq Reader (FIN at once) on the same nsqd, through the same nsqlookupd: messages/s."""
+    topic = "anchor"
+    data = b"\n".join(b'{"type":"command","cmd":{"target":"x","cmd":"ON"}}' for _ in range(n))
+    req = urllib.request.Request(f"http://{rig.nsq.nsqd_http_address}/mpub?topic={topic}", data=data, method="POST")
+    urllib.request.urlopen(req, timeout=30).read()
+
+    async def run() -> float:
+        got = 0
+        first = None
+        done = asyncio.get_running_loop().create_future()
+
+        def handler(msg):
+            nonlocal got, first
+            first = first or time.monotonic()
+            got += 1
+            if got == n and not done.done():
+                done.set_result(time.monotonic())
+            return True
+        r = nsq.Reader(message_handler=handler, lookupd_http_addresses=[f"http://{rig.nsq.lookupd_http_address}"],
+                       topic=topic, channel="anchor", max_in_flight=64, lookupd_poll_interval=1,
+                       lookupd_poll_jitter=0.0, output_buffer_timeout=25)
+        end = await asyncio.wait_for(done, 120)
+        r.close()
+        return n / (end - first)
+    return asyncio.run(run())
+
+
+def throughput(n_bmcs: int, events: int) -> dict:
+    # TTL off: a queue of thousands of events for one BMC is the point here, not staleness
+    rig = Rig(tempfile.mkdtemp(prefix="bnt-", dir="/tmp"), bmcs=n_bmcs, mq_max_in_flight=256,
+              ipmi_concurrency=64, log_level="warning", machine_topic_ttl=0).up()
+    try:
+        rig.start_stage("ipmi")
+        rig.start_stage("nsq_consumer")
+        # warm up: one event per machine (credential fetch + login)
+        rig.mpublish([{"type": "command", "cmd": {"target": machine_id(i), "cmd": "ON"}}
+                      for i in range(1, n_bmcs + 1)])
+        assert len(rig.collect("done", n_bmcs, 120)) == n_bmcs, "warm-up incomplete"
+        bodies = [{"type": "command", "cmd": {"target": machine_id(i % n_bmcs + 1),
+                                              "cmd": ("OFF", "ON")[(i // n_bmcs) % 2]}} for i in range(events)]
+        t0 = time.monotonic()
+        for k in range(0, events, 500):
+            rig.mpublish(bodies[k:k + 500])
+        done = rig.collect("done", events, 600)
+        t1 = time.monotonic()
+        anchor = anchor_rate(rig, events)
+        return {"bmcs": n_bmcs, "events": events, "done": len(done), "seconds": round(t1 - t0, 2),
+                "events_per_s": round(len(done) / (t1 - t0), 1), "anchor_per_s": round(anchor, 1)}
+    finally:
+        rig.down()
+
+
+def latency(samples: int) -> dict:
+    rig = Rig(tempfile.mkdtemp(prefix="bnl-", dir="/tmp"), bmcs=4, log_level="warning").up()
+    out = {}
+    try:
+        rig.start_stage("ipmi")
+        rig.start_stage("nsq_consumer")
+        mid = machine_id(1)
+        rig.publish({"type": "command", "cmd": {"target": mid, "cmd": "ON"}})
+        rig.wait_event("done", timeout=30)
+        for cmds in (("ON", "OFF"), ("LED-ON", "LED-OFF"), ("PXE", "DISK")):
+            lat = []
+            for i in range(samples):
+                cmd = cmds[i % 2]
+                t0 = time.monotonic()
+                rig.publish({"type": "command", "cmd": {"target": mid, "cmd": cmd, "params": ["bench"]}})
+                rig.wait_event("done", lambda e: e.body["event"] == cmd, timeout=30)
+                lat.append((time.monotonic() - t0) * 1000)
+                time.sleep(0.01)
+            out["/".join(cmds)] = {"p50_ms": round(statistics.median(lat), 1), "p99_ms": round(pct(lat, 99), 1),
+                                   "n": len(lat)}
+        out["anchor_per_s"] = round(anchor_rate(rig, 2000), 1)
+        return out
+    finally:
+        rig.down()
+
+
+def cycle_all(n_bmcs: int) -> dict:
+    t = time.monotonic()
+    rig = Rig(tempfile.mkdtemp(prefix="bnc-", dir="/tmp"), bmcs=n_bmcs, mq_max_in_flight=1000,
+              ipmi_concurrency=64, log_level="warning").up()
+    started = time.monotonic() - t
+    try:
+        rig.start_stage("ipmi")
+        rig.start_stage("nsq_consumer")
+        rig.mpublish([{"type": "command", "cmd": {"target": machine_id(i), "cmd": "ON"}}
+                      for i in range(1, n_bmcs + 1)])
+        assert len(rig.collect("done", n_bmcs, 300)) == n_bmcs, "power-on warm-up incomplete"
+        t0 = time.monotonic()
+        rig.mpublish([{"type": "command", "cmd": {"target": machine_id(i), "cmd": "CYCLE"}}
+                      for i in range(1, n_bmcs + 1)])
+        done = rig.collect("done", n_bmcs, 300)
+        t1 = time.monotonic()
+        cycled = sum(1 for b in rig.farm.bmcs if b.events()[-2:] == ["power 0", "power 1"] and b.power() == "on")
+        return {"bmcs": n_bmcs, "done": len(done), "cycled_read_back": cycled, "seconds": round(t1 - t0, 2),
+                "lab_start_s": round(started, 1), "anchor_per_s": round(anchor_rate(rig, 2000), 1)}
+    finally:
+        rig.down()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=2000)
+    ap.add_argument("--samples", type=int, default=100)
+    ap.add_argument("--cycle-bmcs", type=int, default=500)
+    ap.add_argument("--bmcs", default="1,10,100")
+    ap.add_argument("--only", default="throughput,latency,cycle")
+    a = ap.parse_args()
+    only = a.only.split(",")
+    if "latency" in only:
+        print(json.dumps({"latency": latency(a.samples)}), flush=True)
+    if "throughput" in only:
+        for n in (int(x) for x in a.bmcs.split(",")):
+            # one BMC runs its commands one after another (~100/s): fewer events keep the run short
+            print(json.dumps({"throughput": throughput(n, a.events if n >= 10 else a.events // 5)}), flush=True)
+    if "cycle" in only:
+        print(json.dumps({"cycle": cycle_all(a.cycle_bmcs)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
