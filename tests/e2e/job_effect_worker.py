@@ -1,7 +1,9 @@
-"""A job worker run under supervisord by the bus tests: each job's effect is one line in an effects file.
+"""A job worker run under supervisord by the bus tests.
 
-The effect is keyed by job id (the line carries it), so the test can count how often each job's effect
-was applied, which is exactly what the job journal is meant to keep at one.
+Each job's effect is stated as a target state, as the real handlers' are ("power on", not "toggle"):
+"job <id> is applied", one line in the effects file, written only when it is not there yet. A second file
+counts executions of the handler, so the test sees both: effects applied exactly once, and how many
+times a job reached a handler again (after a kill -9 between a job's effect and its journal line).
 """
 
 import os
@@ -21,13 +23,21 @@ def main() -> int:
     delay = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     log.setup("testworker", "info")
     lock = threading.Lock()
+    applied = set()
+    if os.path.exists(effects):
+        with open(effects) as f:
+            applied = {line.split()[0] for line in f if line.strip()}
     out = open(effects, "a", buffering=1)
+    executions = open(effects + ".executions", "a", buffering=1)
 
     def handler(env):
         if delay:
             time.sleep(delay)
         with lock:
-            out.write(f"{env.id} {os.getpid()}\n")
+            executions.write(f"{env.id} {os.getpid()}\n")
+            if env.id not in applied:  # the target state: already there -> nothing to do
+                applied.add(env.id)
+                out.write(f"{env.id} {os.getpid()}\n")
         return {"n": env.body.get("n")}
 
     pub = EventPublisher(run_dir, STAGE)

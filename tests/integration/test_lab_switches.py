@@ -1,7 +1,6 @@
 """leaf01/leaf02 (netconfd behind one sshd): seed, edit+commit, confirmed-commit rollback, faults."""
 from __future__ import annotations
 
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -117,16 +116,14 @@ def test_stopped_switch_is_unreachable_then_keeps_its_config(leaf_switches):
     assert running_config(leaf_switches.switches["leaf01"]).ports["swp5"]["mode"] == "access"
 
 
-def test_rpc_latency_is_milliseconds(leaf_switches):
-    """Guards the ncclient TICK patch in connect(): without it every RPC takes >= 100 ms."""
+def test_connect_applies_the_tick_patch(leaf_switches):
+    """Guards the ncclient TICK patch in connect(): without it every RPC takes >= 100 ms (the latency
+    itself is measured by bench/bench_switch.py, not asserted here: this machine is shared and noisy)."""
+    import ncclient.transport.session as nts
     sw = leaf_switches.switches["leaf01"]
     with connect(sw) as m:
-        times = []
-        for _ in range(10):
-            t = time.perf_counter()
-            m.get_config("running")
-            times.append(time.perf_counter() - t)
-    assert statistics.median(times) < 0.05, times
+        m.get_config("running")
+        assert nts.TICK <= 0.001
 
 
 def test_parallel_sessions(leaf_switches):
