@@ -16,6 +16,7 @@ setup(
         "pyzmq>=25,<28",
         "flask>=3,<4",
         "waitress>=3,<4",
+        "aiohttp>=3.9,<4",          # the PXE stage's HTTP: sendfile for kernels and initrds
         "pyghmi>=1.6,<2",
         "ncclient>=0.6.15,<0.8",
         "loguru>=0.7,<0.8",

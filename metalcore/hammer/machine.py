@@ -39,6 +39,10 @@ def register(machine_id: str) -> Response:
     t = track("register", machine_id=machine_id)
     c = ctx()
     body = json_body("domain.MetalHammerRegisterMachineRequest")
+    # the MACs link this machine id to the DHCP packets its NICs sent (metalcore trace, boot-loop count)
+    macs = [n["mac"].lower() for n in body.get("nics") or () if isinstance(n, dict) and isinstance(n.get("mac"), str)]
+    t.mac = macs[0] if macs else None
+    t.extra["macs"] = macs
     status, machine = c.metal_api.register_machine(_register_request(machine_id, body, c.settings))
     t.extra["created"] = status == 201
     return json_response(machine)
