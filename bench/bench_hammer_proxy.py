@@ -1,16 +1,19 @@
 """Benchmark of the hammer proxy: added latency and forwarded requests/s beside nginx, and 500 held
 install long-polls (memory, CPU).
 
-    .venv/bin/python bench/bench_hammer_proxy.py [--seconds 3] [--long-polls 500] [--out FILE]
+    .venv/bin/python bench/bench_hammer_proxy.py [--seconds 3] [--paced-rate 1000] [--long-polls 500] [--out FILE]
 
 Setup (all on free ports, all killed by pid at the end):
 * upstream: nginx answering ``GET /v1/machine/<id>`` with a static 1.6 KB machine JSON (the fastest
   upstream this box has, so the proxies are what is measured);
 * nginx (Debian nginx-light, 1 worker) as a reverse proxy to it, keep-alive upstream connections;
-* the hammer_proxy stage (``python -m stages.hammer_proxy``: waitress + Flask + httpx, HMAC signing)
+* the hammer_proxy stage (``python -m stages.hammer_proxy``: waitress + Flask + the Metal API client's
+  pooled HTTP/1.1 connections, HMAC signing)
   forwarding ``GET /machine/<id>`` to the same upstream.
 The load generator (separate processes, keep-alive http.client connections, closed loop) runs at 1, 16
-and 128 concurrent clients against the upstream directly, through nginx and through the hammer proxy.
+and 128 concurrent clients against the upstream directly, through nginx and through the hammer proxy
+(saturation: every client sends its next request at once), then with 16 and 128 clients paced to
+offer ``--paced-rate`` requests/s together (the latency added below saturation).
 "added" = p50 through the proxy minus p50 direct.
 
 Long-polls: a tiny asyncio upstream that holds every ``GET /v1/machine/<id>/wait`` for 20 s and then
@@ -76,7 +79,8 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 
 # --- load generator ------------------------------------------------------------------------------------
 
-def _client_proc(port: int, paths: list[str], threads: int, deadline: float, warmup: float, out) -> None:
+def _client_proc(port: int, paths: list[str], threads: int, deadline: float, warmup: float, out,
+                 interval: float = 0.0) -> None:
     lat: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -84,7 +88,14 @@ def _client_proc(port: int, paths: list[str], threads: int, deadline: float, war
     def worker(i: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         mine, bad, path = [], 0, paths[i % len(paths)]
+        # paced: each client sends every ``interval`` s (offset so that clients do not send together)
+        next_at = time.perf_counter() + (interval * i / threads if interval else 0.0)
         while True:
+            if interval:
+                pause = next_at - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                next_at += interval
             t0 = time.perf_counter()
             if t0 >= deadline:
                 break
@@ -116,14 +127,18 @@ def _client_proc(port: int, paths: list[str], threads: int, deadline: float, war
     out.put((lat, errors[0]))
 
 
-def load(port: int, path: str, concurrency: int, seconds: float) -> dict:
-    """Closed-loop load: ``concurrency`` clients over up to 4 processes; latencies after 0.5 s warm-up."""
+def load(port: int, path: str, concurrency: int, seconds: float, rate: float = 0.0) -> dict:
+    """Closed-loop load: ``concurrency`` clients over up to 4 processes; latencies after 0.5 s warm-up.
+
+    ``rate`` > 0: the clients together offer about that many requests/s (each client paced), to see
+    the latency added at a given load rather than at saturation (a late request is not made up for)."""
     procs_n = min(concurrency, 4)
     per = [concurrency // procs_n + (1 if i < concurrency % procs_n else 0) for i in range(procs_n)]
     q: mp.Queue = mp.Queue()
     start = time.perf_counter() + 0.3
     warmup, deadline = start + 0.5, start + 0.5 + seconds
-    procs = [mp.Process(target=_client_proc, args=(port, [path], n, deadline, warmup, q)) for n in per]
+    interval = concurrency / rate if rate else 0.0
+    procs = [mp.Process(target=_client_proc, args=(port, [path], n, deadline, warmup, q, interval)) for n in per]
     for p in procs:
         p.start()
     lat, errors = [], 0
@@ -216,7 +231,7 @@ def threads_of(pid: int) -> int:
 
 # --- the two parts -------------------------------------------------------------------------------------------
 
-def bench_forwarding(seconds: float) -> list[dict]:
+def bench_forwarding(seconds: float, paced_rate: float = 1000.0) -> list[dict]:
     tmp = tempfile.mkdtemp(prefix="mc-bench-")
     up, proxy, hp = free_port(), free_port(), free_port()
     nginx = start_nginx(tmp, up, proxy)
@@ -236,6 +251,16 @@ def bench_forwarding(seconds: float) -> list[dict]:
             rows.append({"concurrency": conc, "direct": direct, "nginx": via_nginx, "hammer": via_hammer})
             print(f"c={conc:4d} direct p50 {direct['p50']:.3f} ms {direct['rps']:.0f}/s | nginx p50 "
                   f"{via_nginx['p50']:.3f} ms {via_nginx['rps']:.0f}/s | hammer p50 {via_hammer['p50']:.3f} ms "
+                  f"{via_hammer['rps']:.0f}/s (errors {via_hammer['errors']})", flush=True)
+        # the same clients offering paced_rate requests/s in all: the latency added below saturation
+        for conc in (16, 128) if paced_rate else ():
+            direct = load(up, f"/v1/machine/{mid}", conc, seconds, paced_rate)
+            via_nginx = load(proxy, f"/v1/machine/{mid}", conc, seconds, paced_rate)
+            via_hammer = load(hp, f"/machine/{mid}", conc, seconds, paced_rate)
+            rows.append({"concurrency": conc, "rate": paced_rate, "direct": direct, "nginx": via_nginx,
+                         "hammer": via_hammer})
+            print(f"c={conc:4d} @{paced_rate:.0f}/s direct p50 {direct['p50']:.3f} ms | nginx p50 "
+                  f"{via_nginx['p50']:.3f} ms | hammer p50 {via_hammer['p50']:.3f} p99 {via_hammer['p99']:.2f} ms "
                   f"{via_hammer['rps']:.0f}/s (errors {via_hammer['errors']})", flush=True)
     finally:
         stop(hammer)
@@ -340,9 +365,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--long-polls", type=int, default=500)
+    ap.add_argument("--paced-rate", type=float, default=1000.0,
+                    help="requests/s offered by 16 and 128 paced clients (0: skip those points)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
-    rows = bench_forwarding(args.seconds)
+    rows = bench_forwarding(args.seconds, args.paced_rate)
     lp = bench_long_polls(args.long_polls)
     print(json.dumps(lp, indent=1))
     if args.out:

@@ -46,6 +46,10 @@ PUB_HWM = 10000
 TAP_HWM = 1000
 JOURNAL_KEEP = 50000
 RECORD_MAX_BYTES = 64 << 20
+RECORD_FLUSH_INTERVAL = 0.2
+RECORD_BUFFER_BYTES = 256 << 10
+# The publisher's sender thread collects events this long before it sends a batch (bus latency ≤ this).
+SEND_BATCH_PAUSE = 0.002
 
 
 def prepare_run_dir(run_dir: str) -> str:
@@ -83,26 +87,70 @@ def _decode_or_log(frames: list[bytes], where: str) -> Envelope | None:
 class EventRecord:
     """Every event a stage publishes (heartbeats aside) also goes, as one JSON line, into
     ``<run_dir>/events-<stage>.jsonl``: `metalcore trace` reads a machine's timeline from these files, even
-    for a time when no tap was listening. The file is rotated once at RECORD_MAX_BYTES (one old copy)."""
+    for a time when no tap was listening. The file is rotated once at RECORD_MAX_BYTES (one old copy).
 
-    def __init__(self, run_dir: str, stage: str) -> None:
+    Writes are buffered: the file is flushed when the oldest unflushed line is RECORD_FLUSH_INTERVAL old
+    (checked on each write, and by the publisher's thread when it is idle, see :meth:`due`), on close,
+    and when the buffer fills. A flush per event was a syscall on every forwarded hammer request. A stage
+    killed with -9 can lose its last fraction of a second of record (the live bus had those at once)."""
+
+    def __init__(self, run_dir: str, stage: str, flush_interval: float = RECORD_FLUSH_INTERVAL) -> None:
         self.path = os.path.join(run_dir, f"events-{stage}.jsonl")
-        self._f = open(self.path, "ab")
+        self.flush_interval = flush_interval
+        self._f = open(self.path, "ab", buffering=RECORD_BUFFER_BYTES)
+        self._lock = threading.Lock()
+        self._dirty_since: float | None = None
 
     def write(self, payload: bytes) -> None:
-        self._f.write(payload + b"\n")
+        with self._lock:
+            if self._f.closed:
+                return
+            self._f.write(payload + b"\n")
+            now = time.monotonic()
+            if self._dirty_since is None:
+                self._dirty_since = now
+            elif now - self._dirty_since >= self.flush_interval:
+                self._flush_locked()
+            if self._f.tell() > RECORD_MAX_BYTES:
+                self._f.close()
+                os.replace(self.path, self.path + ".1")
+                self._f = open(self.path, "ab", buffering=RECORD_BUFFER_BYTES)
+                self._dirty_since = None
+
+    def due(self) -> float | None:
+        """Seconds until the buffered lines must be flushed (0: now), None when nothing is buffered."""
+        since = self._dirty_since
+        return None if since is None else max(0.0, since + self.flush_interval - time.monotonic())
+
+    def _flush_locked(self) -> None:
         self._f.flush()
-        if self._f.tell() > RECORD_MAX_BYTES:
-            self._f.close()
-            os.replace(self.path, self.path + ".1")
-            self._f = open(self.path, "ab")
+        self._dirty_since = None
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._f.closed:
+                self._flush_locked()
 
     def close(self) -> None:
-        self._f.close()
+        with self._lock:
+            if not self._f.closed:
+                self._f.close()
+            self._dirty_since = None
+
+
+_STOP = object()
 
 
 class EventPublisher:
-    """Publishes events of one stage. Thread-safe; never blocks (PUB drops at the high-water mark)."""
+    """Publishes events of one stage. Thread-safe; never blocks (drops beyond PUB_HWM queued events, and
+    PUB drops at its high-water mark).
+
+    ``publish`` encodes the envelope in the caller's thread (so a bad one raises there, and a body
+    changed afterwards is not what was sent) and hands the frames to one sender thread, which owns the
+    ZeroMQ socket and the record file. Why a thread and not a lock around the socket: a ZeroMQ send and
+    a file write release the GIL while the lock is held, and with a hundred request threads publishing
+    (the hammer proxy) they queued up on that lock; the hammer proxy's throughput at 128 clients went
+    from ≈ 400 to ≈ 1,100 requests/s without that convoy (docs/benchmarks-hammer.md)."""
 
     def __init__(self, run_dir: str, stage: str, clock: Callable[[], float] = time.time,
                  record: bool = True) -> None:
@@ -115,6 +163,13 @@ class EventPublisher:
         self._sock.setsockopt(zmq.LINGER, 0)
         _bind_private(self._sock, events_endpoint(prepare_run_dir(run_dir), stage))
         self.published = 0
+        self.dropped = 0
+        self._closed = False
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # the socket is handed to this thread here and used by no other from now on (thread start is the
+        # memory barrier ZeroMQ asks for when a socket changes threads)
+        self._sender = threading.Thread(target=self._run, name=f"publisher-{stage}", daemon=True)
+        self._sender.start()
 
     def publish(self, stream: str, name: str, body: dict[str, Any] | None = None, *, machine_id: str | None = None,
                 mac: str | None = None, trace_id: str | None = None, kind: str = "event") -> Envelope:
@@ -125,20 +180,72 @@ class EventPublisher:
 
     def send(self, env: Envelope) -> None:
         frames = encode(env)
-        with self._lock:
-            if self._record is not None and env.stream != "heartbeat":
-                self._record.write(frames[1])
-            try:
-                self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
-                self.published += 1
-            except zmq.Again:
-                pass
+        if self._closed:
+            return
+        if self._queue.qsize() >= PUB_HWM:
+            self.dropped += 1  # the sender fell that far behind: lossy, like PUB itself
+            return
+        self._queue.put((frames, env.stream != "heartbeat"))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything published so far was handed to ZeroMQ and written to the record."""
+        done = threading.Event()
+        if self._closed:
+            return True
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def _run(self) -> None:
+        q, record, sock = self._queue, self._record, self._sock
+        try:
+            while True:
+                due = record.due() if record is not None else None
+                if q.empty():
+                    # pause between batches: while this thread sleeps instead of waiting on the queue, a
+                    # put wakes nobody, so a busy stage pays one wake-up per batch, not one per event
+                    time.sleep(SEND_BATCH_PAUSE)
+                try:
+                    item = q.get(timeout=due) if due is not None else q.get()
+                except queue.Empty:
+                    try:
+                        record.flush()  # type: ignore[union-attr]
+                    except OSError as e:
+                        logger.warning("could not flush {}: {}", record.path, e)  # type: ignore[union-attr]
+                    continue
+                if item is _STOP:
+                    break
+                if isinstance(item, threading.Event):
+                    try:
+                        if record is not None:
+                            record.flush()
+                    except OSError as e:
+                        logger.warning("could not flush {}: {}", record.path, e)  # type: ignore[union-attr]
+                    item.set()
+                    continue
+                frames, recorded = item
+                if record is not None and recorded:
+                    try:
+                        record.write(frames[1])
+                    except OSError as e:  # disk full and the like: the live bus still works
+                        logger.warning("could not record a bus event in {}: {}", record.path, e)
+                try:
+                    sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                    self.published += 1
+                except zmq.Again:
+                    pass
+        finally:
+            sock.close(linger=0)
+            if record is not None:
+                record.close()
 
     def close(self) -> None:
+        """Send what is queued, then close the socket and the record."""
         with self._lock:
-            self._sock.close(linger=0)
-            if self._record is not None:
-                self._record.close()
+            if self._closed:
+                return
+            self._closed = True
+        self._queue.put(_STOP)
+        self._sender.join(10)
 
 
 class EventSubscriber:

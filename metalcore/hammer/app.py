@@ -11,9 +11,9 @@ from loguru import logger
 
 from metalcore.boot import BootDecider
 from metalcore.hammer import boot, docs, machine
-from metalcore.hammer.context import EXTENSION, MAX_BODY_BYTES, HammerContext, TimedMetalAPI, ctx, route_name
+from metalcore.hammer.context import EXTENSION, MAX_BODY_BYTES, HammerContext, TimedMetalAPI, route_name
 from metalcore.hammer.errors import register_error_handlers
-from metalcore.hammer.observe import REQUEST_SECONDS, REQUESTS, BusEvents
+from metalcore.hammer.observe import REQUEST_SECONDS, REQUESTS, BusEvents, child
 from metalcore.hammer.spec import RequestValidator, served_spec
 
 __all__ = ["close_app", "create_app"]
@@ -45,26 +45,16 @@ def create_app(settings: Any, metal_api: Any, bus: Any = None, *, jobs: Any = No
     app.register_blueprint(machine.bp)
     app.register_blueprint(docs.bp)
     register_error_handlers(app)
-    app.before_request(_start)
-    app.after_request(_finish)
-    app.teardown_request(_teardown)
+    hooks = _Hooks(app.extensions[EXTENSION], str(getattr(settings, "log_level", "info")))
+    app.before_request(hooks.start)
+    app.after_request(hooks.finish)
+    app.teardown_request(hooks.teardown)
     return app
 
 
 def close_app(app: Flask) -> None:
     """Release what create_app built (the job client's thread and socket)."""
     app.extensions[EXTENSION].close()
-
-
-def _start() -> None:
-    g.started = time.perf_counter()
-    ctx().enter()
-    g.entered = True
-
-
-def _teardown(_exc: BaseException | None) -> None:
-    if g.pop("entered", False):
-        ctx().leave()
 
 
 def _error_message(resp: Response) -> str | None:
@@ -76,25 +66,47 @@ def _error_message(resp: Response) -> str | None:
         return None
 
 
-def _finish(resp: Response) -> Response:
-    route = route_name()
-    seconds = time.perf_counter() - g.get("started", time.perf_counter())
-    REQUESTS.labels(route, str(resp.status_code)).inc()
-    REQUEST_SECONDS.labels(route).observe(seconds)
-    t = g.get("tracked")
-    if t is None:
-        return resp
-    failed = resp.status_code >= 400 and t.outcome is None
-    name = t.outcome or (t.failed_name if failed else t.ok_name)
-    body: dict[str, Any] = {"status": resp.status_code, "seconds": round(seconds, 6), "method": request.method,
-                            "path": request.path, **t.extra}
-    if resp.status_code >= 400:
-        body["message"] = _error_message(resp)
-    ctx().events.publish(name, body, machine_id=t.machine_id, mac=t.mac)
-    log = logger.bind(machine_id=t.machine_id, mac=t.mac)
-    if failed and resp.status_code >= 500:
-        log.warning("hammer {} {} -> {}: {}", request.method, request.path, resp.status_code, body.get("message"))
-    else:
-        log.debug("hammer {} {} -> {} ({:.1f} ms)", request.method, request.path, resp.status_code, seconds * 1e3)
-    return resp
+class _Hooks:
+    """Per-request bookkeeping: in-flight count, metrics, one bus event, a log line.
 
+    Runs on every request, so it is kept lean (it was ≈ 100 µs of a ≈ 1 ms forward): the context is
+    held here instead of looked up through ``current_app``, metric children are cached, and the debug
+    line (with its ``logger.bind``) is skipped unless the stage logs at debug."""
+
+    def __init__(self, c: HammerContext, log_level: str) -> None:
+        self.c = c
+        self.debug = log_level.lower() in ("debug", "trace")
+
+    def start(self) -> None:
+        g.started = time.perf_counter()
+        self.c.enter()
+        g.entered = True
+
+    def teardown(self, _exc: BaseException | None) -> None:
+        if g.pop("entered", False):
+            self.c.leave()
+
+    def finish(self, resp: Response) -> Response:
+        route = route_name()
+        status = resp.status_code
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        child(REQUESTS, route, str(status)).inc()
+        child(REQUEST_SECONDS, route).observe(seconds)
+        t = g.get("tracked")
+        if t is None:
+            return resp
+        failed = status >= 400 and t.outcome is None
+        name = t.outcome or (t.failed_name if failed else t.ok_name)
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        body: dict[str, Any] = {"status": status, "seconds": round(seconds, 6), "method": req.method,
+                                "path": req.path, **t.extra}
+        if status >= 400:
+            body["message"] = _error_message(resp)
+        self.c.events.publish(name, body, machine_id=t.machine_id, mac=t.mac)
+        if failed and status >= 500:
+            logger.bind(machine_id=t.machine_id, mac=t.mac).warning(
+                "hammer {} {} -> {}: {}", req.method, req.path, status, body.get("message"))
+        elif self.debug:
+            logger.bind(machine_id=t.machine_id, mac=t.mac).debug(
+                "hammer {} {} -> {} ({:.1f} ms)", req.method, req.path, status, seconds * 1e3)
+        return resp

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 from flask import Response, current_app, g, request
 
 from metalcore.hammer.errors import BadRequest
-from metalcore.hammer.observe import LONG_POLLS, BusEvents, upstream
+from metalcore.hammer.observe import LONG_POLLS, UPSTREAM_SECONDS, BusEvents, child
 from metalcore.hammer.spec import RequestValidator
 
 __all__ = ["EXTENSION", "HammerContext", "MAX_BODY_BYTES", "TimedMetalAPI", "check_id", "ctx", "json_body",
@@ -43,11 +43,22 @@ class TimedMetalAPI:
         if not callable(target) or name.startswith("_"):
             return target
         call = self._NAMES.get(name, name)
+        ok, error = child(UPSTREAM_SECONDS, call, "ok"), child(UPSTREAM_SECONDS, call, "error")
+        clock = time.perf_counter
 
         @wraps(target)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            with upstream(call):
-                return target(*args, **kwargs)
+            started = clock()
+            try:
+                result = target(*args, **kwargs)
+            except BaseException:
+                error.observe(clock() - started)
+                raise
+            ok.observe(clock() - started)
+            return result
+        # kept: the next lookup finds the attribute and never comes here again (one wrapper per method,
+        # not one per request)
+        setattr(self, name, timed)
         return timed
 
 
