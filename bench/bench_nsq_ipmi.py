@@ -12,7 +12,9 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +25,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import nsq  # noqa: E402
 
 from tests.integration.nsq_ipmi_rig import Rig, machine_id  # noqa: E402
+
+
+PROFILE = ""  # --profile DIR: py-spy (pip install py-spy) samples both stages during the throughput window
+MAX_IN_FLIGHT = 256  # --max-in-flight: the consumer's mq_max_in_flight in the throughput runs
+IPMI_CONCURRENCY = 64  # --ipmi-concurrency: the ipmi stage's request budget in the throughput runs
+HOOK = ""  # --hook: another chassis hook command for the BMCs (default: the lab's)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -58,10 +66,45 @@ def anchor_rate(rig: Rig, n: int) -> float:
     return asyncio.run(run())
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """utime+stime of a process (plus its reaped children's, e.g. ipmi_sim's chassis hooks) from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12]) + ((int(fields[13]) + int(fields[14])) if children else 0)
+    return ticks / _TICK
+
+
+def cpu_snapshot(rig: Rig) -> dict[str, float]:
+    """CPU seconds so far of each part of the path; the BMCs' chassis hooks (ipmi_sim's children) apart."""
+    return {"nsq_consumer": cpu_seconds(rig.procs["nsq_consumer"].pid),
+            "ipmi": cpu_seconds(rig.procs["ipmi"].pid),
+            "bmcs_ipmi_sim": sum(cpu_seconds(b.proc.pid) for b in rig.farm.bmcs if b.proc),
+            "bmcs_hooks": sum(cpu_seconds(b.proc.pid, children=True) - cpu_seconds(b.proc.pid)
+                              for b in rig.farm.bmcs if b.proc),
+            "nsqd": sum(cpu_seconds(r.pid) for r in rig.nsq.procs.values()),
+            "bench": cpu_seconds(os.getpid())}
+
+
+def cpu_per_event(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
+    """CPU milliseconds per event, by part (the bench itself publishes and reads every bus event)."""
+    out = {k: round((after[k] - before[k]) * 1000 / max(1, events), 2) for k in before}
+    out["total"] = round(sum(out.values()), 2)
+    return out
+
+
 def throughput(n_bmcs: int, events: int) -> dict:
     # TTL off: a queue of thousands of events for one BMC is the point here, not staleness
-    rig = Rig(tempfile.mkdtemp(prefix="bnt-", dir="/tmp"), bmcs=n_bmcs, mq_max_in_flight=256,
-              ipmi_concurrency=64, log_level="warning", machine_topic_ttl=0).up()
+    rig = Rig(tempfile.mkdtemp(prefix="bnt-", dir="/tmp"), bmcs=n_bmcs, mq_max_in_flight=MAX_IN_FLIGHT,
+              ipmi_concurrency=IPMI_CONCURRENCY, log_level="warning", machine_topic_ttl=0)
+    if HOOK:
+        rig.farm.chassis_hook = HOOK
+    rig.up()
     try:
         rig.start_stage("ipmi")
         rig.start_stage("nsq_consumer")
@@ -71,14 +114,27 @@ def throughput(n_bmcs: int, events: int) -> dict:
         assert len(rig.collect("done", n_bmcs, 120)) == n_bmcs, "warm-up incomplete"
         bodies = [{"type": "command", "cmd": {"target": machine_id(i % n_bmcs + 1),
                                               "cmd": ("OFF", "ON")[(i // n_bmcs) % 2]}} for i in range(events)]
+        spies = [subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-r", "250",
+                                   "-p", str(rig.procs[st].pid), "-f", "raw", "-o", os.path.join(PROFILE, f"{st}.raw"),
+                                   "--nonblocking", "--gil", "-d", "600"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for st in ("nsq_consumer", "ipmi")] if PROFILE else []
+        if spies:
+            time.sleep(1.0)  # py-spy attaches
+        cpu0, load0 = cpu_snapshot(rig), os.getloadavg()[0]
         t0 = time.monotonic()
         for k in range(0, events, 500):
             rig.mpublish(bodies[k:k + 500])
         done = rig.collect("done", events, 600)
         t1 = time.monotonic()
+        cpu1 = cpu_snapshot(rig)
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+            spy.wait(30)
         anchor = anchor_rate(rig, events)
         return {"bmcs": n_bmcs, "events": events, "done": len(done), "seconds": round(t1 - t0, 2),
-                "events_per_s": round(len(done) / (t1 - t0), 1), "anchor_per_s": round(anchor, 1)}
+                "events_per_s": round(len(done) / (t1 - t0), 1), "anchor_per_s": round(anchor, 1),
+                "cpu_ms_per_event": cpu_per_event(cpu0, cpu1, len(done)),
+                "load_avg_1m": [round(load0, 1), round(os.getloadavg()[0], 1)]}
     finally:
         rig.down()
 
@@ -139,7 +195,16 @@ def main() -> None:
     ap.add_argument("--cycle-bmcs", type=int, default=500)
     ap.add_argument("--bmcs", default="1,10,100")
     ap.add_argument("--only", default="throughput,latency,cycle")
+    ap.add_argument("--hook", default="", help="chassis hook command of the BMCs (default: the lab's)")
+    ap.add_argument("--profile", default="", help="directory for py-spy raw profiles of both stages")
+    ap.add_argument("--max-in-flight", type=int, default=256)
+    ap.add_argument("--ipmi-concurrency", type=int, default=64)
     a = ap.parse_args()
+    global HOOK, PROFILE, MAX_IN_FLIGHT, IPMI_CONCURRENCY
+    HOOK, PROFILE = a.hook, a.profile
+    MAX_IN_FLIGHT, IPMI_CONCURRENCY = a.max_in_flight, a.ipmi_concurrency
+    if PROFILE:
+        os.makedirs(PROFILE, exist_ok=True)
     only = a.only.split(",")
     if "latency" in only:
         print(json.dumps({"latency": latency(a.samples)}), flush=True)

@@ -100,9 +100,32 @@ def write_settings(path: str, run_dir: str, **overrides) -> None:
             f.write(f"{k} = {v!r}\n".replace("'", '"') if isinstance(v, str) else f"{k} = {v}\n")
 
 
-def start_supervisor(tmp: str, extra_programs: str = "", settings: dict | None = None) -> Supervisor:
-    """Extra programs may say %(here)s/.run for the test's run dir and %(here)s for the repo."""
-    run_dir = os.path.join(tmp, "run")
+def merge_settings(path: str, text: str, overrides: dict) -> None:
+    """Write ``text`` (a metalcore TOML file) to ``path`` with ``overrides`` replacing or adding keys."""
+    out, seen = [], set()
+    for line in text.splitlines():
+        key = line.split("=", 1)[0].strip() if "=" in line and not line.lstrip().startswith("#") else None
+        if key in overrides:
+            seen.add(key)
+            v = overrides[key]
+            line = f"{key} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{key} = {str(v).lower() if isinstance(v, bool) else v}"
+        out.append(line)
+    for k, v in overrides.items():
+        if k not in seen:
+            out.append(f"{k} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{k} = {str(v).lower() if isinstance(v, bool) else v}")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def start_supervisor(tmp: str, extra_programs: str = "", settings: dict | None = None,
+                     settings_file: str | None = None, run_dir: str | None = None) -> Supervisor:
+    """Extra programs may say %(here)s/.run for the test's run dir and %(here)s for the repo.
+
+    ``settings_file``: use that TOML file (e.g. the rack lab's, from full_rack.write_settings) instead of the
+    generated settings; ``settings`` then only overrides keys in it. Its ``run_dir`` must be the run dir
+    (``run_dir``, default <tmp>/run), where supervisord's environment points the stages too.
+    """
+    run_dir = run_dir or os.path.join(tmp, "run")
     os.makedirs(os.path.join(run_dir, "log"), exist_ok=True)
     os.chmod(run_dir, 0o700)
     with open(os.path.join(REPO, "supervisord.conf")) as f:
@@ -111,7 +134,12 @@ def start_supervisor(tmp: str, extra_programs: str = "", settings: dict | None =
     conf = os.path.join(tmp, "supervisord.conf")
     with open(conf, "w") as f:
         f.write(text)
-    write_settings(os.path.join(run_dir, "metalcore.toml"), run_dir, **(settings or {}))
+    target = os.path.join(run_dir, "metalcore.toml")
+    if settings_file is None:
+        write_settings(target, run_dir, **(settings or {}))
+    else:
+        with open(settings_file) as f:
+            merge_settings(target, f.read(), settings or {})
     env = {k: v for k, v in os.environ.items() if not k.startswith("METAL_CORE_")}
     proc = subprocess.Popen([os.path.join(REPO, ".venv/bin/supervisord"), "-n", "-c", conf], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -141,10 +169,11 @@ def stop_supervisor(sup: Supervisor) -> None:
 def supervisor_factory(tmp_path_factory):
     started = []
 
-    def make(extra_programs: str = "", settings: dict | None = None) -> Supervisor:
+    def make(extra_programs: str = "", settings: dict | None = None, settings_file: str | None = None,
+             run_dir: str | None = None) -> Supervisor:
         # short paths: ipc:// socket paths are limited to 107 bytes
         tmp = tmp_path_factory.mktemp("sup", numbered=True)
-        sup = start_supervisor(str(tmp), extra_programs, settings)
+        sup = start_supervisor(str(tmp), extra_programs, settings, settings_file, run_dir)
         started.append(sup)
         return sup
 

@@ -19,6 +19,7 @@ fresh process (or budget that time).
 from __future__ import annotations
 
 import select
+import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,11 @@ from metalcore.lab.ports import HOST, free_udp_ports, udp_port_free
 from metalcore.lab.procs import LabError, ProcRecord
 
 HOOK = Path(__file__).resolve().parent / "chassis_hook.sh"
-DEFAULT_HOOK = f"/bin/sh {HOOK}"
+# ipmi_sim popens the hook for every chassis request (two per power event with its read-back): busybox's
+# static ash starts cheaper than dash and has $EPOCHREALTIME, so the hook forks nothing else (dash would need
+# `date`). Child CPU per call here: 3.1-3.3 ms with the old cat/date hook under dash, 1.6-1.9 ms now.
+_BUSYBOX = shutil.which("busybox")
+DEFAULT_HOOK = f"{_BUSYBOX} sh {HOOK}" if _BUSYBOX else f"/bin/sh {HOOK}"
 INSTALL_HINT = "scripts/install-system-packages (Debian package openipmi)"
 
 # One BMC at IPMB 0x20 with a SEL; nothing else (no sensors): all the lab needs.
@@ -169,6 +174,9 @@ class BmcFarm:
     chassis_hook: str = DEFAULT_HOOK
     names: list[str] | None = None
     state_init: Callable[[Bmc], None] | None = None
+    # per-BMC hook (1-based index -> command string), e.g. QEMU machines and BMC-only slots in one rack;
+    # None or a None answer: ``chassis_hook``. lan.conf keeps it, so a restarted BMC keeps its hook.
+    hook_of: Callable[[int], str | None] | None = None
     bmcs: list[Bmc] = field(default_factory=list)
 
     def __post_init__(self):
@@ -188,7 +196,7 @@ class BmcFarm:
                     password=self.password, state_dir=str(sd))
             (sd / "lan.conf").write_text(LAN_CONF.format(
                 name=name, host=self.host, port=port, guid="%032x" % (0xA1230000 + i),
-                hook=self.chassis_hook, state_dir=sd, user=self.user, password=self.password))
+                hook=(self.hook_of(i) if self.hook_of else None) or self.chassis_hook, state_dir=sd, user=self.user, password=self.password))
             (sd / "power").write_text("0\n")
             (sd / "boot").write_text("default\n")
             if self.state_init:

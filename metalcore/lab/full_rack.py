@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from metalcore.lab import procs
+from metalcore.lab.bmcs import DEFAULT_HOOK
 from metalcore.lab.images import ensure_images
 from metalcore.lab.machines import HOOK, MachineFactory, kill_hook_vm, reap_qemu_orphans
 from metalcore.lab.metal_api.app import DEFAULT_KEYS
@@ -36,6 +37,8 @@ COMMANDLINE = "console=ttyS0 METALCORE_LAB_AFTER=reboot"
 
 
 def _metal_api_service(lab: RackLab, wait_timeout: float) -> dict:
+    # every waiting machine holds one stand-in thread with its long-poll: room for all of them + the rest
+    threads = max(32, len(lab.machines) + 32)
     port = free_tcp_ports(1)[0]
     images = lab.service_info["images"]
     workdir = lab.lab_dir / "metal-api"
@@ -44,7 +47,8 @@ def _metal_api_service(lab: RackLab, wait_timeout: float) -> dict:
     rec = procs.spawn("metal-api", [sys.executable, "-m", "metalcore.lab.metal_api", "--port", str(port),
                                     "--partition", PARTITION, "--nsqd-http", lab.nsq.nsqd_http_address,
                                     "--kernelurl", images["kernel_url"], "--imageurl", images["initrd_url"],
-                                    "--commandline", COMMANDLINE, "--wait-timeout", str(wait_timeout)],
+                                    "--commandline", COMMANDLINE, "--wait-timeout", str(wait_timeout),
+                                    "--threads", str(threads)],
                       cwd=workdir, log=workdir / "metal-api.log", env=env)
 
     def healthy() -> bool:
@@ -88,12 +92,18 @@ def _get_ok(url: str) -> bool:
 
 
 def up_full(run_dir: str | Path, machines: int = 2, ports_per_switch: int = 8, firmware: str = "bios",
-            wait_timeout: float = 30.0) -> RackLab:
-    """Bring the whole rack up (idempotent: an existing full rack in run_dir is adopted)."""
+            wait_timeout: float = 30.0, bmc_only: int = 0) -> RackLab:
+    """Bring the whole rack up (idempotent: an existing full rack in run_dir is adopted).
+
+    ``bmc_only`` more machine slots (indexes machines+1 ...) exist only as a BMC (the plain file hook,
+    chassis_hook.sh, powered on) and switch ports: no QEMU; a test speaks for their initrd over HTTP.
+    ``ports_per_switch`` must cover every slot that should be wired (machines + bmc_only).
+    """
     run_dir = Path(run_dir).resolve()
     state = run_dir / "lab" / "state.json"
+    total = machines + bmc_only
     if state.exists():
-        lab = RackLab(run_dir, bmcs=machines, ports_per_switch=ports_per_switch, chassis_hook=f"/bin/sh {HOOK}")
+        lab = RackLab(run_dir, bmcs=total, ports_per_switch=ports_per_switch, chassis_hook=f"/bin/sh {HOOK}")
         lab.up()  # adopts a running lab of the same shape, refuses another one
         if "pxe-net" not in lab.service_info:
             raise LabError(f"a lab without the PXE network is up in {run_dir}; `metalcore lab down` first")
@@ -107,6 +117,10 @@ def up_full(run_dir: str | Path, machines: int = 2, ports_per_switch: int = 8, f
         factory = MachineFactory(net, lab_dir / "machines")
 
         def wire_machine(b) -> None:
+            if b.index > machines:  # BMC-only slot: a machine that is on (its "initrd" runs elsewhere)
+                (Path(b.state_dir) / "power").write_text("1\n")
+                (Path(b.state_dir) / "boot").write_text("pxe\n")
+                return
             m = factory.create(firmware=firmware, index=b.index, name=f"machine{b.index:03d}",
                                uuid=machine_id(b.index), macs=[machine_mac(b.index, 0), machine_mac(b.index, 1)],
                                neighbors=[port_mac(1, b.index), port_mac(2, b.index)], bmc_address=b.address,
@@ -116,7 +130,8 @@ def up_full(run_dir: str | Path, machines: int = 2, ports_per_switch: int = 8, f
         pxe_info = {"net": net.to_dict(), "procs": [dhcp.proc.to_dict()], "rack_ip": net.rack_ip,
                     "rack_if": net.rack_if, "rack_ns": net.rack_ns, "machine_ns": net.machine_ns,
                     "prefixlen": net.network.prefixlen}
-        lab = RackLab(run_dir, bmcs=machines, ports_per_switch=ports_per_switch, chassis_hook=f"/bin/sh {HOOK}",
+        lab = RackLab(run_dir, bmcs=total, ports_per_switch=ports_per_switch, chassis_hook=f"/bin/sh {HOOK}",
+                      chassis_hook_of=lambda i: None if i <= machines else DEFAULT_HOOK,
                       bmc_state_init=wire_machine, services=[
                           ServiceSpec("pxe-net", lambda lab: pxe_info),
                           ServiceSpec("images", _images_service),
@@ -157,6 +172,8 @@ def settings_toml(lab: RackLab, run_dir: str | Path) -> str:
         "mq_address": lab.nsq.lookupd_http_address,
         "pxe_interface": pxe["rack_if"], "netns": pxe["rack_ns"],
         "switches": switches, "reconfigure_switch": True,
+        # the leaves' uplinks move past the machine ports in a rack of more than 30 slots (switches.py)
+        "spine_uplinks": ",".join(lab.switch_lab.uplinks),
         "run_dir": str(Path(run_dir).resolve()),
         "metrics_server_bind_address": "127.0.0.1",
     }

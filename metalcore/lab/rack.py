@@ -111,6 +111,7 @@ class RackLab:
     bmc_password: str = "password"
     chassis_hook: str = DEFAULT_HOOK
     bmc_state_init: Callable[[Bmc], None] | None = None
+    chassis_hook_of: Callable[[int], str | None] | None = None  # per-BMC hook by index (BmcFarm.hook_of)
     with_nsq: bool = True
     with_switches: bool = True
     services: list[ServiceSpec] = field(default_factory=list)
@@ -163,7 +164,8 @@ class RackLab:
         self.switch_lab = (SwitchLab(self.lab_dir / "switches", tuple(self.switch_names), self.ports_per_switch)
                            if self.with_switches else None)
         self.bmc_farm = BmcFarm(self.lab_dir / "bmcs", self.bmcs, self.bmc_user, self.bmc_password,
-                                chassis_hook=self.chassis_hook, state_init=self.bmc_state_init)
+                                chassis_hook=self.chassis_hook, state_init=self.bmc_state_init,
+                                hook_of=self.chassis_hook_of)
         starters = [p.start for p in (self.nsq, self.switch_lab, self.bmc_farm) if p is not None]
         try:
             with ThreadPoolExecutor(len(starters)) as ex:

@@ -303,6 +303,8 @@ def rack_scale(rack: Rack, qemu: list[int], virtual: list[int], timeout: float =
         assert {s["code"] for s in vh.steps() if s["step"] == "reported"} == {200}
         fin = [c for c in calls(rack, since, "/finalize-allocation") if c["status"] == 200]
         assert len(fin) == len(every), f"{len(fin)} finalizes for {len(every)} machines"
+        print(f"allocate {len(every)} at once -> every one reported, boot device disk, ports in the tenant VRF: "
+              f"{t_installed:.1f} s", flush=True)
 
         t1 = time.time()
         with ThreadPoolExecutor(16) as ex:

@@ -43,6 +43,7 @@ class LabServer:
     def start(self) -> "LabServer":
         with self._lock:
             self._server = create_server(self.app, host=self.host, port=self.port, threads=self.threads,
+                                         connection_limit=max(100, self.threads * 4),  # one per long-poll + pools
                                          channel_timeout=max(120, int(self.state.config.wait_timeout * 2)))
             self.port = self._server.effective_port
             self._thread = threading.Thread(target=self._server.run, name=f"metal-api-lab:{self.port}",
