@@ -269,11 +269,14 @@ class MachineEventConsumer:
             seconds = time.monotonic() - t0
             M_SECONDS.labels(event.label).observe(seconds)
             self._count("done", event.label)
-            self._respond(message, "finish")
             self.publisher.publish("nsq", "done", {"nsq_id": nsq_id, "event": event.label, "attempts": attempts,
                                                    "seconds": round(seconds, 6),
                                                    "actions": [a.describe() for a in p.actions]},
                                    machine_id=mid, trace_id=trace)
+            # the "done" event leaves before the FIN: a consumer killed between the two redelivers the
+            # message (a harmless repeat) instead of finishing it without anyone having seen it done
+            await asyncio.get_running_loop().run_in_executor(None, self.publisher.flush, 1.0)
+            self._respond(message, "finish")
             return
         if attempts >= self.settings.mq_max_attempts:
             log.error("machine event {} {} given up after {} attempts: {}", nsq_id, event.label, attempts, error)

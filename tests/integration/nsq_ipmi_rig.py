@@ -42,6 +42,7 @@ class Rig:
         self.settings = settings
         self.procs: dict[str, subprocess.Popen] = {}
         self.sub: EventSubscriber | None = None
+        self.heartbeats: set[str] = set()
         self.seen: list = []
 
     # --- peers ----------------------------------------------------------------------------------
@@ -57,7 +58,9 @@ class Rig:
             for b in self.farm.bmcs:
                 self.register(b.index)
         self._create_topic()
-        self.sub = EventSubscriber(self.run_dir, ["nsq", "ipmi"], hwm=200000)
+        # heartbeats too: seeing a stage's heartbeat proves this subscription reached its socket (ZeroMQ drops
+        # what a PUB sends before a SUB's subscription arrived, so a test must not publish before that)
+        self.sub = EventSubscriber(self.run_dir, ["nsq", "ipmi", "heartbeat"], hwm=200000)
         return self
 
     def _create_topic(self) -> None:
@@ -116,6 +119,24 @@ class Rig:
                 f.write(f"{k} = {json.dumps(v)}\n")
         return path
 
+    def _recv(self, timeout: float):
+        env = self.sub.recv(timeout)
+        if env is not None and env.stream == "heartbeat":
+            self.heartbeats.add(env.source)
+            return None
+        return env
+
+    def wait_joined(self, *stages: str, timeout: float = 20.0) -> None:
+        """Block until this rig's subscriber hears each stage (see up())."""
+        self.heartbeats -= set(stages)
+        deadline = time.monotonic() + timeout
+        while not set(stages) <= self.heartbeats:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no heartbeat from {set(stages) - self.heartbeats} within {timeout} s")
+            env = self._recv(0.2)
+            if env is not None:
+                self.seen.append(env)
+
     def start_stage(self, name: str) -> subprocess.Popen:
         env = {k: v for k, v in os.environ.items() if not k.startswith("METAL_CORE_")}
         env.update(METAL_CORE_CONFIG=self.config_path(name), PYTHONUNBUFFERED="1")
@@ -124,6 +145,8 @@ class Rig:
                              stderr=subprocess.STDOUT)
         log.close()
         self.procs[name] = p
+        if self.sub is not None:
+            self.wait_joined(name)
         return p
 
     def kill_stage(self, name: str) -> None:
@@ -166,7 +189,7 @@ class Rig:
                 return env
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            env = self.sub.recv(0.2)
+            env = self._recv(0.2)
             if env is None:
                 continue
             if env.name == name and pred(env):
@@ -180,7 +203,7 @@ class Rig:
         self.seen = [e for e in self.seen if e.name != name]
         deadline = time.monotonic() + timeout
         while len(got) < count and time.monotonic() < deadline:
-            env = self.sub.recv(0.2)
+            env = self._recv(0.2)
             if env is None:
                 continue
             (got if env.name == name else self.seen).append(env)
