@@ -1,6 +1,5 @@
 """Fixtures live in tests/fixtures_<area>.py, one module per area of the rack lab."""
 
-import importlib.util
 import os
 
 _here = os.path.dirname(__file__)

@@ -22,9 +22,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.fixtures_supervisor import Supervisor
 
 from metalcore.lab.full_rack import down_full, up_full, write_settings
 from metalcore.lab.machines import Console
@@ -61,7 +64,7 @@ def wait_until(fn: Callable[[], Any], timeout: float, what: str, interval: float
 class Rack:
     tmp: Path
     lab: RackLab
-    sup: "Supervisor"  # tests.fixtures_supervisor.Supervisor
+    sup: "Supervisor"
     api: MetalAPILab
     qemu: int
     consoles: dict[int, Console] = field(default_factory=dict)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 import xmlrpc.client
 from dataclasses import dataclass, field

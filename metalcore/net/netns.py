@@ -36,7 +36,7 @@ def in_netns(name: str | None) -> Iterator[None]:
         target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise OSError(f"network namespace {name!r} does not exist ({path})") from None
-    own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         _setns(target)
         try:

@@ -234,7 +234,6 @@ def test_life_with_faults(bios_rack: Rack):
     # --- nothing lost, nothing harmfully doubled --------------------------------------------------
     api_calls = rack.api.calls(since)
     fin = [c for c in api_calls if "finalize-allocation" in c["path"] and c["status"] == 200]
-    frees = [c for c in api_calls if c["path"].endswith("/free")]
     bmc_install = rack.bmc_events_since(i, inst["t_alloc"])
     bmc_free = out["bmc"]
     assert len(fin) == 1, fin
@@ -343,7 +342,6 @@ def test_uefi_machine_life(uefi_rack: Rack):
     the install the VM falls through to iPXE, which metalcore does not serve an allocated machine
     ("Nothing to boot"). After the free, the BMC's PXE + cycle brings it back into discovery."""
     rack, i = uefi_rack, 1
-    m = rack.machine(i)
     since = len(rack.api.calls())
     con = rack.console(i)
     mark = con.mark()

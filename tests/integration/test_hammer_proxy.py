@@ -6,7 +6,6 @@ Nothing is mocked: metal-hammer's side is httpx against the served app (waitress
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
