@@ -42,6 +42,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from metalcore.lab.ports import free_tcp_port  # noqa: E402
+
 MACHINE_JSON = json.dumps({
     "id": "00000000-0000-0000-0000-000000000001", "name": "m1", "description": "", "created": "2020-01-01T00:00:00Z",
     "changed": "2020-01-01T00:00:00Z", "rackid": "rack-1", "liveliness": "Alive", "tags": [],
@@ -59,10 +61,7 @@ MACHINE_JSON = json.dumps({
     "allocation": None}, separators=(",", ":"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = free_tcp_port  # one implementation: metalcore.lab.ports
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:

@@ -14,15 +14,12 @@ import xmlrpc.client
 from dataclasses import dataclass, field
 
 import pytest
+from metalcore.lab.ports import free_tcp_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("pxe", "hammer_proxy", "nsq_consumer", "switch", "ipmi")
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def free_port_block(n: int) -> int:

@@ -12,7 +12,6 @@ import functools
 import http.server
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -23,14 +22,12 @@ from pathlib import Path
 
 from metalcore.lab import procs
 from metalcore.lab.procs import LabError, ProcRecord
+from metalcore.lab.ports import free_tcp_port
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = free_tcp_port  # one implementation: metalcore.lab.ports
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
