@@ -48,6 +48,13 @@ class Rig:
     # --- peers ----------------------------------------------------------------------------------
 
     def up(self, register: bool = True) -> "Rig":
+        try:
+            return self._up(register)
+        except BaseException:
+            self.down()  # peers started before the failure must not outlive the test
+            raise
+
+    def _up(self, register: bool) -> "Rig":
         self.nsq.start()
         self.farm.start(timeout=60)
         self.api = LabServer(LabConfig(keys=dict(KEYS), partition_id=PARTITION, twin_switches=False,
