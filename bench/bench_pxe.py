@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from metalcore.lab import procs  # noqa: E402
 from metalcore.lab.netns import RackNet  # noqa: E402
 from metalcore.lab.site_dhcp import SiteDhcp  # noqa: E402
-from metalcore.pxe.labrun import PxeStageProc, UpstreamFiles, add_client_veth  # noqa: E402
+from metalcore.lab.pxe_stage import PxeStageProc, UpstreamFiles, add_client_veth  # noqa: E402
 from metalcore.pxe.loadgen import PxeClient, bench_mac, discover_frame  # noqa: E402
 
 KEYS = {"Metal-View": "bench-view", "Metal-Edit": "bench-edit", "Metal-Admin": "bench-admin"}

@@ -1,4 +1,4 @@
-"""Run the PXE stage as a real process against a rack lab (tests/integration/test_pxe_stage.py, bench).
+"""Run the PXE stage as a real process against a rack lab (used by tests/integration/test_pxe_stage.py and bench/bench_pxe.py).
 
 The stage runs in the host namespace (it must reach the Metal API stand-in on 127.0.0.1) with
 ``METAL_CORE_NETNS`` = the lab's rack namespace, where it opens its raw socket, port 4011, TFTP and HTTP.

@@ -21,7 +21,7 @@ import pytest
 from metalcore.lab import procs
 from metalcore.protocol import dhcp, frames
 from metalcore.protocol.dhcp import MessageType, Option
-from metalcore.pxe.labrun import PxeStageProc, UpstreamFiles, add_client_veth
+from metalcore.lab.pxe_stage import PxeStageProc, UpstreamFiles, add_client_veth
 from metalcore.pxe.loadgen import PxeClient, discover_frame, discover_packet
 
 pytestmark = pytest.mark.timeout(300)

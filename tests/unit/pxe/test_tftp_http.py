@@ -11,7 +11,7 @@ import tftpy
 
 from metalcore.boot import BootResponse, Decision, Verdict
 from metalcore.pxe.http import BootHttpServer
-from metalcore.pxe.labrun import UpstreamFiles
+from metalcore.lab.pxe_stage import UpstreamFiles
 from metalcore.pxe.metrics import PxeMetrics
 from metalcore.pxe.tftp import TftpServer, resolve_inside
 
