@@ -5,7 +5,7 @@ The PXE stage against dnsmasq 2.90 and nginx-light, side by side in one run, on 
 with the same client (root required; peers: ip, dnsmasq, qemu, ipxe-qemu, nginx, curl).
 
 offers  ProxyDHCP offers/s and p50/p99 latency at 1, 8 and 32 requests in flight. Client: a raw socket in
-        the machines' namespace (metalcore/pxe/loadgen.py), 1024 distinct MACs, a new xid per request,
+        the machines' namespace (metalcore/lab/pxe_client.py), 1024 distinct MACs, a new xid per request,
         closed loop, bounded by count and time. metalcore = the real stage process (Metal API stand-in in
         its own process, decisions warmed up first); dnsmasq = ``dhcp-range=<net>,proxy`` + pxe-service.
         No site DHCP runs during this part (its lease offers would be counted as answers).
@@ -38,7 +38,7 @@ from metalcore.lab import procs  # noqa: E402
 from metalcore.lab.netns import RackNet  # noqa: E402
 from metalcore.lab.site_dhcp import SiteDhcp  # noqa: E402
 from metalcore.lab.pxe_stage import PxeStageProc, UpstreamFiles, add_client_veth  # noqa: E402
-from metalcore.pxe.loadgen import PxeClient, bench_mac, discover_frame  # noqa: E402
+from metalcore.lab.pxe_client import PxeClient, bench_mac, discover_frame  # noqa: E402
 
 KEYS = {"Metal-View": "bench-view", "Metal-Edit": "bench-edit", "Metal-Admin": "bench-admin"}
 OUT: list[str] = []
@@ -187,7 +187,7 @@ def run_codec(seconds: float) -> list[tuple[str, float]]:
     sys.path.insert(0, str(ROOT / "tests" / "unit" / "pxe"))
     from test_responder import make  # the unit tests' fakes: socket, decider, Metal API
     from metalcore.protocol import dhcp, frames
-    from metalcore.pxe.loadgen import discover_frame
+    from metalcore.lab.pxe_client import discover_frame
     from metalcore.pxe.rawsock import Received
 
     frs = [discover_frame(bench_mac(i), i + 1) for i in range(256)]

@@ -22,7 +22,7 @@ from metalcore.lab import procs
 from metalcore.protocol import dhcp, frames
 from metalcore.protocol.dhcp import MessageType, Option
 from metalcore.lab.pxe_stage import PxeStageProc, UpstreamFiles, add_client_veth
-from metalcore.pxe.loadgen import PxeClient, discover_frame, discover_packet
+from metalcore.lab.pxe_client import PxeClient, discover_frame, discover_packet
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -16,7 +16,7 @@ from metalcore.pxe.rawsock import Received
 from metalcore.pxe.responder import Responder
 from metalcore.pxe.service import proxy_settings
 from metalcore.pxe.watch import EventQueue, Watcher, decode_frame
-from metalcore.pxe.loadgen import discover_frame
+from metalcore.lab.pxe_client import discover_frame
 
 BOOT = BootResponse("http://img/k", ("http://img/i",), "console=ttyS0 METAL_CORE_ADDRESS=10.0.0.1:4242")
 SERVER_MAC = b"\x02\x00\x00\x00\x00\x01"
