@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from ncclient.operations import RPCError
+from ncclient.operations.errors import TimeoutExpiredError
 from ncclient.transport.errors import SessionCloseError
 
 from metalcore.lab.switches import (PXE_VLAN, PXE_VNI, config_element, connect, port_mac,
@@ -128,6 +129,19 @@ def test_connect_applies_the_tick_patch(leaf_switches):
 
 def test_parallel_sessions(leaf_switches):
     sw = leaf_switches.switches["leaf01"]
+    lost = []
+
+    def read(_):
+        # yuma123 now and then leaves one reply of a burst of new sessions unanswered (seen 2 times in ~10
+        # CI runs, also by the lab's start-up hello): a fresh session gets it, as the switch stage's driver
+        # does after any transport error. Counted, and bounded below.
+        try:
+            return running_config(sw)
+        except TimeoutExpiredError:
+            lost.append(1)
+            return running_config(sw)
+
     with ThreadPoolExecutor(12) as ex:
-        cfgs = list(ex.map(lambda _: running_config(sw), range(12)))
+        cfgs = list(ex.map(read, range(12)))
     assert all(c.hostname == "leaf01" for c in cfgs)
+    assert len(lost) <= 1, f"{len(lost)} of 12 parallel sessions got no reply"
