@@ -239,6 +239,11 @@ SETTINGS: tuple[Spec, ...] = (
          "device, as metal-core did until 2022-05 (PR #64 removed it)."),
     Spec("mq_max_attempts", _int_range(1, 1000), 10, "Attempts of one machine event before it is given "
          "up (finished with an error event, a log line and a metric)."),
+    Spec("pxe_boot_watchdog", _duration(1.0), 240.0, "After a free/reinstall cycled a machine into PXE, how long "
+         "to wait for it to show up PXE booting (its Metal API event log) before cycling it again; the event "
+         "stays unfinished meanwhile. 0 turns the watchdog off."),
+    Spec("pxe_boot_watchdog_cycles", _int_range(0, 10), 2, "Extra power cycles the PXE boot watchdog may spend "
+         "on one event before it gives up (error log, metric, nsq.pxe-watchdog-given-up)."),
     # switch
     Spec("loopback_ip", _str, "10.0.0.11", "Router id / VTEP address of the leaf (kept for compatibility)."),
     Spec("asn", _str, "420000011", "BGP ASN of the leaf (kept for compatibility)."),

@@ -8,6 +8,10 @@ asyncio task per message, BMC work sent as jobs to the ipmi stage. Uses pynsq's 
 * REQ with a jittered exponential delay (``mq_requeue_delay`` doubling to 60 s) and ``backoff=False``: one
   dead BMC must not throttle the whole reader (pynsq's reader-wide backoff would);
 * past ``mq_max_attempts`` the event is given up: FIN, ``nsq.given-up`` on the bus, an error line, a metric;
+* a free/reinstall is done when the machine was seen PXE booting afterwards, not when the BMC said yes: the
+  PXE boot watchdog (``pxe_boot_watchdog``, policy in protocol/pxe_watchdog.py) keeps the message unfinished
+  (TOUCHed) until the machine's Metal API event log shows it booting into discovery, and cycles it again
+  when it does not within the window (its PXE ROM got no answer, e.g. while the pxe stage restarted);
 * malformed bodies (``Poison``) and first deliveries older than ``machine_topic_ttl`` are finished at once,
   logged and counted; ``create``/``update`` events are finished and counted (nobody handled them upstream).
 
@@ -17,8 +21,9 @@ redelivery after a crash does not cycle a machine twice. ``k`` counts failures: 
 ``[at <time>]`` lies before this delivery began is a journaled failure of an earlier delivery, so we move on
 to ``k+1`` (a fresh try) instead of failing again forever.
 
-Bus events (stream "nsq"): done, requeued, given-up, poison, expired, ignored, unsupported, and ``free``
-({machine_id}) for every delete event (the switch stage reconciles on it).
+Bus events (stream "nsq"): done, requeued, given-up, poison, expired, ignored, unsupported, ``free``
+({machine_id}) for every delete event (the switch stage reconciles on it), and from the watchdog
+``pxe-booted``, ``pxe-watchdog`` (cycled again) and ``pxe-watchdog-given-up``.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from metalcore.protocol.backoff import Backoff
 from metalcore.protocol.envelope import trace_id_for
 from metalcore.protocol.machine_events import (Ignored, MachineEvent, Plan, PlanOptions, Poison, Unsupported,
                                                age_seconds, decode, is_expired, plan)
+from metalcore.protocol.pxe_watchdog import Step, Watchdog, booted_since, wants_pxe_boot
 
 __all__ = ["MachineEventConsumer"]
 
@@ -55,6 +61,17 @@ M_EVENTS = metrics.counter(_STAGE, "events_total", "Machine events by outcome", 
 M_POISON = metrics.counter(_STAGE, "poison_total", "Malformed machine events finished at once", ("reason",))
 M_SECONDS = metrics.histogram(_STAGE, "event_seconds", "Receipt to FIN of a done machine event", ("event",))
 M_IN_FLIGHT = metrics.gauge(_STAGE, "in_flight", "Machine events being handled")
+M_WATCHDOG = metrics.counter(_STAGE, "pxe_watchdog_total", "PXE boot watchdog outcomes (booted, cycled, given_up, "
+                             "interrupted)", ("outcome",))
+M_TO_PXE = metrics.histogram(_STAGE, "pxe_boot_seconds", "Free/reinstall event receipt to the machine seen PXE "
+                             "booting", buckets=(5, 10, 30, 60, 120, 240, 480, 900))
+# Metal API and nsqd clocks are different hosts' clocks: a discovery event may carry a time a little before the
+# NSQ message's timestamp although it happened after it.
+CLOCK_SLACK = 2.0
+
+
+class _Draining(Exception):
+    """The stage is stopping while a watchdog waits: hand the message back to nsqd now."""
 
 
 class _Intercept(logging.Handler):
@@ -103,6 +120,7 @@ class MachineEventConsumer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: nsq.Reader | None = None
         self._stopping: asyncio.Event | None = None
+        self._draining: asyncio.Event | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nsq-consumer", daemon=True)
 
@@ -162,6 +180,7 @@ class MachineEventConsumer:
 
     async def _main(self) -> None:
         self._stopping = asyncio.Event()
+        self._draining = asyncio.Event()
         self._reader = nsq.Reader(**self._reader_kwargs())
         logger.info("consuming {}/{} through nsqlookupd {}", self.settings.topic, self.settings.mq_channel,
                     self.settings.mq_address)
@@ -170,6 +189,8 @@ class MachineEventConsumer:
 
     async def _shutdown(self, drain_timeout: float) -> None:
         reader = self._reader
+        if self._draining is not None:
+            self._draining.set()  # watchdogs waiting for a boot requeue their message at once
         if reader is not None:
             try:
                 reader.set_max_in_flight(0)  # RDY 0 everywhere: no new messages
@@ -264,6 +285,15 @@ class MachineEventConsumer:
             self._respond(message, "finish")
             return
         error = await self._execute(message, nsq_id, event, p, received, trace)
+        if error is None and self.settings.pxe_boot_watchdog > 0 and wants_pxe_boot(p):
+            try:
+                error = await self._watch_pxe_boot(message, nsq_id, event, received, trace)
+            except _Draining:
+                M_WATCHDOG.labels("interrupted").inc()
+                log.info("machine event {} {}: stage stopping while waiting for the PXE boot; back to nsqd",
+                         nsq_id, event.label)
+                self._respond(message, "requeue", time_ms=0, backoff=False)
+                return
         attempts = message.attempts
         if error is None:
             seconds = time.monotonic() - t0
@@ -344,6 +374,75 @@ class MachineEventConsumer:
                 if afut.cancelled():
                     return None
                 raise
+
+    async def _watch_pxe_boot(self, message: nsq.Message, nsq_id: str, event: MachineEvent, received: float,
+                              trace: str) -> str | None:
+        """Hold the event until the machine is seen booting into discovery; cycle it again when it is not."""
+        s, mid = self.settings, event.machine_id
+        log = logger.bind(machine_id=mid, trace_id=trace)
+        since = message.timestamp / 1e9 - CLOCK_SLACK
+        wd = Watchdog(window=s.pxe_boot_watchdog, cycles=s.pxe_boot_watchdog_cycles, started=time.monotonic())
+        poll = min(5.0, max(0.5, s.pxe_boot_watchdog / 30))
+        loop = asyncio.get_running_loop()
+        while True:
+            self._respond(message, "touch")  # the Metal API may answer slowly
+            seen = await loop.run_in_executor(None, self._booted_since, mid, since, log)
+            step = wd.step(time.monotonic(), seen)
+            if step is Step.DONE:
+                took = self.clock() - received
+                M_WATCHDOG.labels("booted").inc()
+                M_TO_PXE.observe(max(0.0, took))
+                self.publisher.publish("nsq", "pxe-booted", {"nsq_id": nsq_id, "event": event.label,
+                                                             "extra_cycles": wd.cycled, "seconds": round(took, 3)},
+                                       machine_id=mid, trace_id=trace)
+                return None
+            if step is Step.GIVE_UP:
+                M_WATCHDOG.labels("given_up").inc()
+                log.error("machine {} was not seen PXE booting after {} extra power cycles ({:.0f} s each); "
+                          "it may have booted from its disk: look at its console", mid, wd.cycled, wd.window)
+                self.publisher.publish("nsq", "pxe-watchdog-given-up", {"nsq_id": nsq_id, "event": event.label,
+                                                                        "extra_cycles": wd.cycled},
+                                       machine_id=mid, trace_id=trace)
+                return None  # the event's own actions were done; holding it longer helps nobody
+            if step is Step.CYCLE:
+                n = wd.cycled + 1
+                M_WATCHDOG.labels("cycled").inc()
+                log.warning("machine {} not seen PXE booting {:.0f} s after its power cycle; PXE + cycle again "
+                            "({}/{})", mid, wd.window, n, wd.cycles)
+                self.publisher.publish("nsq", "pxe-watchdog", {"nsq_id": nsq_id, "event": event.label, "cycle": n,
+                                                               "window": wd.window}, machine_id=mid, trace_id=trace)
+                base = {"machine_id": mid, **({"ipmi": event.ipmi.to_body()} if event.ipmi is not None else {})}
+                for suffix, name, body in (("b", "boot-device", {"device": "pxe", "persistent": True, "efi": True}),
+                                           ("p", "power", {"state": "cycle"})):
+                    error = await self._job(message, nsq_id, f"wd{n}{suffix}", name, {**base, **body}, received,
+                                            trace)
+                    if error is not None:
+                        return f"PXE boot watchdog, cycle {n}: {name}: {error}"
+                wd.cycled_at(time.monotonic())
+                continue
+            await self._sleep_touching(message, poll)
+
+    def _booted_since(self, machine_id: str, since: float, log) -> bool | None:
+        if self.metal_api is None:
+            return None
+        try:
+            return booted_since(self.metal_api.get_machine(machine_id), since)
+        except Exception as e:  # Metal API down or slow: unknown, never a reason to cycle
+            log.info("PXE boot watchdog: cannot read machine {} from the Metal API ({}: {})", machine_id,
+                     type(e).__name__, e)
+            return None
+
+    async def _sleep_touching(self, message: nsq.Message, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(self._draining.wait(), min(TOUCH_EVERY, left))
+            except asyncio.TimeoutError:
+                self._respond(message, "touch")
+                continue
+            raise _Draining()
+        if self._draining.is_set():
+            raise _Draining()
 
     async def _led_state(self, machine_id: str, body: dict) -> str | None:
         if self.metal_api is None:

@@ -118,6 +118,8 @@ class Rig:
             "mq_address": self.nsq.lookupd_http_address, "mq_lookupd_poll_interval": 1,
             "mq_requeue_delay": "200ms", "mq_max_attempts": 20, "ipmi_timeout": "10s", "ipmi_attempts": 2,
             "log_level": "info", "job_timeout": "30s",
+            # the rig's machines are BMCs only and never PXE boot: the watchdog's own test turns it on
+            "pxe_boot_watchdog": 0,
         }
         values.update(self.settings)
         path = os.path.join(self.root, f"{name}.toml")
