@@ -98,6 +98,9 @@ def _duration(default_unit: float) -> Callable[[Any], float]:
     return conv
 
 
+parse_duration = _duration(1.0)  # for command-line flags: the settings' duration syntax, bare numbers in seconds
+
+
 def _cidr(v: Any) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     try:
         iface = ipaddress.ip_interface(str(v).strip())

@@ -13,8 +13,10 @@ import datetime
 import glob
 import json
 import os
+import time
 
 from metalcore.cli import run_dir
+from metalcore.config import parse_duration
 
 # stream (or stream.name prefix) -> phase, in the order of a machine's life
 PHASES = (
@@ -27,10 +29,21 @@ def add_parser(sub) -> None:
     p = sub.add_parser("trace", help="one machine's timeline: DHCP, boot, register, wait, report, switch, BMC")
     p.add_argument("machine", help="machine id or MAC")
     p.add_argument("--json", action="store_true", help="print the linked events as JSON lines")
+    p.add_argument("--since", type=_since_arg, default=None, metavar="DURATION",
+                   help="only events of the last DURATION (e.g. 30m, 2h, 90s): a long-lived rack records "
+                        "every life of a machine")
     p.set_defaults(func=run)
 
 
-def load_events(directory: str) -> list[dict]:
+def _since_arg(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def load_events(directory: str, since: float | None = None) -> list[dict]:
+    """Every recorded event (``ts`` ≥ ``since``, Unix seconds, when given), in time order."""
     events = []
     for path in sorted(glob.glob(os.path.join(directory, "events-*.jsonl*"))):
         with open(path, "rb") as f:
@@ -39,7 +52,8 @@ def load_events(directory: str) -> list[dict]:
                     obj = json.loads(line)
                 except ValueError:
                     continue  # a torn last line of a killed stage
-                if isinstance(obj, dict) and isinstance(obj.get("ts"), (int, float)):
+                if isinstance(obj, dict) and isinstance(obj.get("ts"), (int, float)) and (
+                        since is None or obj["ts"] >= since):
                     events.append(obj)
     events.sort(key=lambda e: e["ts"])
     return events
@@ -117,9 +131,11 @@ def render(events: list[dict]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    events = link(load_events(run_dir(args)), args.machine)
+    since = None if args.since is None else time.time() - args.since
+    events = link(load_events(run_dir(args), since), args.machine)
     if not events:
-        print(f"no events of {args.machine} in {run_dir(args)}")
+        window = "" if args.since is None else f" within the last {args.since:g} s"
+        print(f"no events of {args.machine} in {run_dir(args)}{window}")
         return 1
     if args.json:
         for e in events:
