@@ -45,30 +45,28 @@ def free_udp_port(host: str = HOST) -> int:
     return free_udp_ports(1, host)[0]
 
 
-def udp_port_free(port: int, host: str = HOST) -> bool:
-    """True when nobody has ``port`` bound (used before restarting a BMC on its old port)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def _bindable(kind: int, port: int, host: str, reuse: bool) -> bool:
+    s = socket.socket(socket.AF_INET, kind)
     try:
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((host, port))
         return True
     except OSError:
         return False
     finally:
         s.close()
+
+
+def udp_port_free(port: int, host: str = HOST) -> bool:
+    """True when nobody has ``port`` bound (used before restarting a BMC on its old port)."""
+    return _bindable(socket.SOCK_DGRAM, port, host, reuse=False)
 
 
 def tcp_port_free(port: int, host: str = HOST) -> bool:
     """True when nobody listens on ``port`` (TIME_WAIT leftovers do not count: the peers,
     like nsqd, bind with SO_REUSEADDR, so we check the same way)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind((host, port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
+    return _bindable(socket.SOCK_STREAM, port, host, reuse=True)
 
 
 def tcp_accepts(port: int, host: str = HOST, timeout: float = 0.2) -> bool:
