@@ -120,6 +120,19 @@ class Rack:
         self.faults.append(rec)
         return rec
 
+    def stop_stage(self, stage: str, why: str = "") -> dict:
+        """supervisorctl stop: the stage stays down until start_stage (recorded in faults)."""
+        t = time.time()
+        self.sup.rpc().supervisor.stopProcess(f"metalcore:{stage}", True)
+        rec = {"fault": f"{stage} stage stopped", "why": why, "at": t}
+        self.faults.append(rec)
+        return rec
+
+    def start_stage(self, stage: str, rec: dict | None = None) -> None:
+        self.sup.rpc().supervisor.startProcess(f"metalcore:{stage}", True)
+        if rec is not None:
+            rec["back_after"] = round(time.time() - rec["at"], 1)
+
     def stage_log(self, stage: str) -> str:
         try:
             return self.sup.log(stage)
@@ -233,7 +246,8 @@ def virtual_machines(rack: Rack, indexes: list[int]) -> list[dict]:
     for i in indexes:
         m = rack.machine(i)
         out.append({"id": m.id, "macs": [n.mac for n in m.nics], "neighbors": [n.port_mac for n in m.nics],
-                    "bmc": {"address": m.bmc.address, "user": m.bmc.user, "password": m.bmc.password}})
+                    "bmc": {"address": m.bmc.address, "user": m.bmc.user, "password": m.bmc.password,
+                            "events": str(Path(rack.bmc(i).state_dir) / "events.log")}})
     return out
 
 

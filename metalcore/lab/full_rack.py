@@ -176,6 +176,8 @@ def settings_toml(lab: RackLab, run_dir: str | Path) -> str:
         "spine_uplinks": ",".join(lab.switch_lab.uplinks),
         "run_dir": str(Path(run_dir).resolve()),
         "metrics_server_bind_address": "127.0.0.1",
+        # a lab VM reaches its PXE ROM's DHCP within seconds of a cycle (TCG, loaded machine: < 30 s)
+        "pxe_boot_watchdog": "60s",
     }
     lines = ["# written by metalcore.lab.full_rack for the embedded rack lab"]
     for k, v in values.items():

@@ -2,12 +2,15 @@
 
 Run inside the rack's network namespace (where metalcore's hammer proxy listens), one thread per machine,
 doing what metalcore/lab/initrd/init does over HTTP: events, register, the install long-poll (again on
-304/504, after 1 s on anything else), report success. Prints one JSON line per step on stdout:
-    {"id": ..., "step": "registered"|"waiting"|"installed"|"reported"|"error", "t": epoch, "code": ...}
+304/504, after 1 s on anything else), report success. After the report the machine "runs its OS" until its
+BMC boots it again (a power on or reset in the BMC's events.log, e.g. the free's cycle): then it comes up in
+discovery once more (register, Waiting), as a machine that PXE booted into metal-hammer would.
+Prints one JSON line per step on stdout:
+    {"id": ..., "step": "registered"|"waiting"|"installed"|"reported"|"rebooted"|"error", "t": epoch, ...}
 
     ip netns exec <rack ns> python tests/e2e/virtual_hammer.py --core 10.250.0.1:4242 machines.json
 machines.json: [{"id", "macs": [mac0, mac1], "neighbors": [port mac leaf01, port mac leaf02],
-                 "bmc": {"address", "user", "password"}}, ...]
+                 "bmc": {"address", "user", "password", "events": <the BMC's events.log>}}, ...]
 """
 
 from __future__ import annotations
@@ -55,7 +58,36 @@ def register_body(m: dict) -> dict:
             "bios": {"version": "virtual", "vendor": "metalcore-lab", "date": ""}}
 
 
+def booted_after(events_log: str, t: float) -> bool:
+    """The BMC powered the machine on or reset it after ``t`` (chassis hook lines "<epoch> <param> <value>")."""
+    try:
+        with open(events_log) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    for ln in lines:
+        parts = ln.split()
+        if len(parts) >= 3 and (parts[1:3] == ["power", "1"] or parts[1] == "reset"):
+            try:
+                if float(parts[0]) > t:
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
 def life(base: str, m: dict, deadline: float) -> None:
+    while discovery(base, m, deadline):
+        reported = time.time()
+        while not booted_after(m["bmc"].get("events", ""), reported):
+            if time.time() > deadline:
+                return
+            time.sleep(0.2)
+        emit(m["id"], "rebooted")
+
+
+def discovery(base: str, m: dict, deadline: float) -> bool:
+    """One boot into the initrd: register, wait, install, report. False when the deadline passed."""
     mid = m["id"]
     while True:  # the initrd retries a failed register too
         code, _ = call(base, "POST", f"/machine/register/{mid}", register_body(m))
@@ -63,7 +95,7 @@ def life(base: str, m: dict, deadline: float) -> None:
             break
         if time.time() > deadline:
             emit(mid, "error", code=code, what="register")
-            return
+            return False
         time.sleep(1)
     emit(mid, "registered", code=code)
     call(base, "POST", f"/machine/{mid}/event", {"event": "Waiting", "message": "virtual initrd"})
@@ -74,7 +106,7 @@ def life(base: str, m: dict, deadline: float) -> None:
             break
         if time.time() > deadline:
             emit(mid, "error", code=code, what="install")
-            return
+            return False
         if code not in (304, 504):
             time.sleep(1)
     emit(mid, "installed", code=code, bytes=len(body))
@@ -87,6 +119,7 @@ def life(base: str, m: dict, deadline: float) -> None:
             break
         time.sleep(1)
     emit(mid, "reported", code=code)
+    return code == 200
 
 
 def main() -> int:

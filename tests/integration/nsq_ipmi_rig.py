@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from metalcore.bus import EventSubscriber
+from metalcore.lab import procs
 from metalcore.lab.bmcs import BmcFarm
 from metalcore.lab.nsq import NsqPeer
 from metalcore.lab.metal_api import LabConfig, LabServer
@@ -230,10 +231,4 @@ class Rig:
 
 
 def wait_for(pred, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return procs.wait_for(pred, timeout, interval, what)

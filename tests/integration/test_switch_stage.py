@@ -16,6 +16,7 @@ import pytest
 from metalcore import config
 from metalcore.bus import EventPublisher, EventSubscriber
 from metalcore.clients.metal_api import MetalAPIClient
+from metalcore.lab import procs
 from metalcore.lab.switches import PXE_VLAN, PXE_VNI, connect, running_config
 from metalcore.switch.reconcile import SwitchReconciler
 
@@ -287,13 +288,7 @@ def _start_stage(env: dict, log: Path) -> subprocess.Popen:
 
 
 def _wait(pred, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return procs.wait_for(pred, timeout, every, what)
 
 
 def test_stage_process_killed_between_commit_and_confirm_rolls_back_then_converges(
