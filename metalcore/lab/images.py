@@ -12,6 +12,7 @@ Cache layout (``cache_dir``, default ``<repo>/.lab-cache``, or ``$METALCORE_LAB_
     kernel/<package>/modules/<name>.ko  only the modules the initrd needs (and their deps)
     kernel/<package>/release            the kernel release (uname -r)
     initrd-<sha256[:16]>.img            keyed on busybox, init, module files and module list
+    bootdisk-<sha256[:16]>.raw          the lab machines' disk (bootdisk.py), keyed on its source
 
 Only what changed is rebuilt: a new kernel package (after ``apt-get update``) downloads again,
 an edited ``init`` repacks the initrd (about a second).  Nothing is downloaded but Debian
@@ -34,6 +35,7 @@ from metalcore.lab.procs import LabError, MissingPeerBinary
 
 REPO = Path(__file__).resolve().parents[2]
 INIT_SCRIPT = Path(__file__).resolve().parent / "initrd" / "init"
+BOOTDISK_SOURCE = Path(__file__).resolve().parent / "bootdisk.py"
 KERNEL_META_PACKAGE = "linux-image-amd64"
 BUSYBOX = "/bin/busybox"
 # What /init needs.  Their dependencies are found from each module's .modinfo "depends=".
@@ -192,10 +194,28 @@ def ensure_images(cache_dir: Path | None = None) -> BootImages:
                       release=(kdir / "release").read_text().strip(), modules=tuple(order))
 
 
+def ensure_boot_disk(cache_dir: Path | None = None) -> Path:
+    """The lab disk image (BIOS MBR code + an EFI System Partition), built once per bootdisk.py version.
+
+    Pure Python (a few ms), cached anyway so every machine of every run attaches the same bytes.
+    """
+    from metalcore.lab import bootdisk
+
+    cache_dir = Path(cache_dir or default_cache_dir())
+    key = hashlib.sha256(BOOTDISK_SOURCE.read_bytes()).hexdigest()[:16]
+    path = cache_dir / f"bootdisk-{key}.raw"
+    if not path.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache_dir, prefix="bootdisk-", suffix=".part", delete=False) as f:
+            f.write(bootdisk.build())
+        os.replace(f.name, path)   # atomic: parallel runs may build it at the same time
+    return path
+
+
 if __name__ == "__main__":  # python -m metalcore.lab.images: build (or find) and print
     import time
 
     t0 = time.monotonic()
     imgs = ensure_images()
     print(f"{imgs.package} {imgs.release} kernel={imgs.kernel} initrd={imgs.initrd} "
-          f"modules={','.join(imgs.modules)} in {time.monotonic() - t0:.2f}s")
+          f"modules={','.join(imgs.modules)} disk={ensure_boot_disk()} in {time.monotonic() - t0:.2f}s")

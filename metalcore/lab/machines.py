@@ -23,7 +23,15 @@ Two ways to run one:
 * ``Machine.start()``: QEMU as our child (reference boots, benchmarks), ``stop()`` kills it.
 * ``Machine.write_hook_files(statedir)``: qemu.cmd for ``qemu-chassis.sh``, the ipmi_sim
   chassis_control hook, which starts/stops QEMU itself (``-daemonize``) on IPMI power commands
-  with ``-boot`` from the boot device set over IPMI; ``kill_hook_vm()`` is the teardown.
+  with the boot order from the boot device set over IPMI; ``kill_hook_vm()`` is the teardown.
+
+The boot device is a ``bootindex`` on the PXE NIC (device id ``pxenic``) and on the disk (``bootdisk``),
+set with ``-set device.<id>.bootindex=N`` after the argv (``boot_args``; the hook does the same).  QEMU
+turns bootindex into the fw_cfg file "bootorder", which SeaBIOS and OVMF both follow; OVMF ignores
+``-boot order`` (measured: it tried the disk first whatever the order), and with both devices indexed
+SeaBIOS ignores it too.  fw_cfg rebuilds "bootorder" on every reset, so a bootindex changed at run time
+(QMP qom-set, what the hook does when the boot device is set while the VM runs) applies to the next
+guest reboot on both firmwares.  The disk (``bootdisk.py``) prints DISK-BOOT-OK on both.
 
 ``Console`` tails serial.log, stamps each line with the time it was first seen (50 ms polling)
 into ``serial.ts.log`` and lets tests wait for markers with their times.
@@ -41,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from metalcore.lab import procs
+from metalcore.lab.bootdisk import DISK_MARKER  # noqa: F401  (tests import it from here)
+from metalcore.lab.images import ensure_boot_disk
 from metalcore.lab.procs import LabError, MissingPeerBinary, ProcRecord
 
 QEMU = "qemu-system-x86_64"
@@ -48,14 +58,9 @@ OVMF_CANDIDATES = ("/usr/share/ovmf/OVMF.fd", "/usr/share/qemu/OVMF.fd")
 IPXE_ROM = "efi-virtio.rom"  # holds both the BIOS and the EFI iPXE
 ROM_DIRS = ("/usr/lib/ipxe/qemu", "/usr/share/qemu", "/usr/share/seabios")
 HOOK = Path(__file__).resolve().parent / "qemu-chassis.sh"
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1bc")
-
-# Boot sector that writes DISK-BOOT-OK straight to COM1 and halts.  Not through int 10h: SeaBIOS's
-# sercon holds back the last characters until later output, which never comes after hlt.
-# cli; xor ax,ax; mov ds,ax; mov si,msg; cld; mov dx,3f8h; l: lodsb; test al,al; jz d;
-# out dx,al; jmp l; d: hlt; jmp d; msg db 13,10,"DISK-BOOT-OK",13,10,0
-_BOOT_CODE = bytes.fromhex("fa31c08ed8be177cfcbaf803ac84c07403eeebf8f4ebfd") + b"\r\nDISK-BOOT-OK\r\n\0"
-DISK_MARKER = "DISK-BOOT-OK"
+ANSI = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1bc")  # "=": OVMF's ESC[=3h
+NIC_ID, DISK_ID = "pxenic", "bootdisk"   # the device ids qemu-chassis.sh sets bootindex on
+NET_BOOT = ("pxe", "n", "network")         # boot devices that put the NIC first (ipmi_sim, QEMU, pyghmi names)
 
 
 def require_qemu(firmware: str = "bios") -> dict[str, str]:
@@ -76,16 +81,27 @@ def require_qemu(firmware: str = "bios") -> dict[str, str]:
     return found
 
 
-def make_boot_disk(path: Path, size: int = 1 << 20) -> Path:
-    """A raw disk whose MBR prints DISK-BOOT-OK and halts (BIOS only; OVMF ignores MBR code)."""
-    sector = bytearray(512)
-    sector[:len(_BOOT_CODE)] = _BOOT_CODE
-    sector[510:512] = b"\x55\xaa"
+def make_boot_disk(path: Path) -> Path:
+    """A copy of the lab disk (bootdisk.py: prints DISK-BOOT-OK under SeaBIOS and OVMF) at ``path``.
+
+    A copy per machine, so that a run without QEMU's snapshot=on can never write into the cache.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(sector)
-        f.truncate(size)
+    shutil.copyfile(ensure_boot_disk(), path)
     return path
+
+
+def boot_args(boot: str, disk: bool) -> list[str]:
+    """QEMU args giving the stored boot device bootindex 1 and the other one 2 (a server's fallback).
+
+    ``boot``: pxe (or n, network) puts the NIC first; anything else (default, disk, cdrom, bios, none)
+    the disk, as qemu-chassis.sh does.  ``disk``: the machine has one (else only the NIC is indexed).
+    """
+    net = 1 if boot in NET_BOOT else 2
+    a = ["-set", f"device.{NIC_ID}.bootindex={net}"]
+    if disk:
+        a += ["-set", f"device.{DISK_ID}.bootindex={3 - net}"]
+    return a
 
 
 def lab_mac(machine: int, nic: int) -> str:
@@ -131,7 +147,7 @@ class Machine:
         return self.dir / "serial.log"
 
     def qemu_args(self, qmp_sock: Path | None = None) -> list[str]:
-        """QEMU argv without -boot (the caller or the hook adds it)."""
+        """QEMU argv without a boot order (``boot_args``: the caller or the hook adds it)."""
         paths = require_qemu(self.firmware)
         a = [paths["qemu"], "-name", self.name, "-accel", "tcg", "-m", str(self.memory_mb), "-nodefaults",
              "-display", "none", "-machine", "graphics=off", "-monitor", "none",
@@ -146,11 +162,12 @@ class Machine:
         if self.firmware == "uefi":
             a += ["-bios", paths["ovmf"]]
         for i, (tap, mac) in enumerate(zip(self.taps, self.macs)):
-            rom = "" if i == 0 else ",romfile="
+            rom = f",id={NIC_ID}" if i == 0 else ",romfile="
             a += ["-netdev", f"tap,id=n{i},ifname={tap},script=no,downscript=no",
                   "-device", f"virtio-net-pci,netdev=n{i},mac={mac}{rom}"]
         if self.disk is not None:
-            a += ["-drive", f"file={self.disk},format=raw,if=virtio,snapshot=on"]
+            a += ["-drive", f"file={self.disk},format=raw,if=none,id=disk0,snapshot=on",
+                  "-device", f"virtio-blk-pci,drive=disk0,id={DISK_ID}"]
         if qmp_sock is not None:
             a += ["-qmp", f"unix:{qmp_sock},server=on,wait=off"]
         for word in a:
@@ -159,13 +176,17 @@ class Machine:
         return a
 
     # --- direct mode --------------------------------------------------------------------------
-    def start(self, boot: str = "n", no_reboot: bool = False) -> float:
-        """Start QEMU as our child in the machine namespace; returns the start time (epoch)."""
+    def start(self, boot: str = "pxe", no_reboot: bool = False) -> float:
+        """Start QEMU as our child in the machine namespace; returns the start time (epoch).
+
+        ``boot``: pxe (NIC first, then the disk) or default/disk (disk first), see ``boot_args``.
+        """
         if self.proc is not None and procs.is_running(self.proc):
             raise LabError(f"{self.name} is already running")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ensure_console()
-        argv = ["ip", "netns", "exec", self.machine_ns] + self.qemu_args(self.dir / "qmp.sock") + ["-boot", boot]
+        argv = (["ip", "netns", "exec", self.machine_ns] + self.qemu_args(self.dir / "qmp.sock")
+                + boot_args(boot, self.disk is not None))
         if no_reboot:
             argv.append("-no-reboot")
         t0 = time.time()
@@ -335,7 +356,8 @@ class MachineFactory:
 
         ``index``/``uuid``/``macs``/``neighbors`` default to values derived from the lab's tag
         and the machine's position; RackLab passes its own inventory's values instead.
-        ``disk=True`` attaches a 1 MiB disk whose boot sector prints DISK-BOOT-OK.
+        ``disk=True`` attaches the lab disk (bootdisk.py), which prints DISK-BOOT-OK on COM1 under
+        SeaBIOS (MBR code) and OVMF (\\EFI\\BOOT\\BOOTX64.EFI on an EFI System Partition).
         """
         require_qemu(firmware)
         i = len(self.machines) if index is None else index

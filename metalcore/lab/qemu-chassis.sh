@@ -5,8 +5,9 @@
 #   <this> <statedir> set <parm> "<value>" ...   -> power reset shutdown boot identify
 #
 # <statedir> holds (written by metalcore/lab/machines.py, Machine.write_hook_files):
-#   qemu.cmd   the QEMU argv, one line, words without spaces, no -boot/-daemonize/-pidfile;
-#              it starts with "ip netns exec <machine netns>" so the taps are found
+#   qemu.cmd   the QEMU argv, one line, words without spaces, no boot order/-daemonize/-pidfile;
+#              it starts with "ip netns exec <machine netns>" so the taps are found; the PXE NIC
+#              is the device with id=pxenic, the disk (if any) id=bootdisk
 #   qmp.sock   QEMU's QMP socket (named in qemu.cmd)
 # and this hook keeps there: boot (pxe|default|cdrom|bios|none, sticky), qemu.pid, qemu.err,
 # identify, events.log ("<epoch> <parm> <value>" per set: tests assert on it).
@@ -17,9 +18,12 @@
 # gotcha 5) and has our pidfile on its command line (pids get recycled).
 # ipmi_sim popen()s us and blocks until our stdout closes, so QEMU must -daemonize and must not
 # keep ipmi_sim's sockets (not close-on-exec): they are closed before exec (gotchas 1, 2).
-# A power on / reset / cycle starts QEMU with -boot order=<stored device first, then the other>
-# (pxe: network then disk; default: disk then network).  Setting the boot
-# device while QEMU runs also tells QEMU (HMP boot_set) so a guest-initiated reboot follows it.
+# A power on / reset / cycle starts QEMU with the stored device first, then the other, as a server's
+# firmware falls back (pxe: network then disk; anything else: disk then network), given as bootindex
+# (-set device.<id>.bootindex=N, as machines.boot_args does): QEMU writes it into the fw_cfg file
+# "bootorder", which SeaBIOS and OVMF both follow (OVMF ignores -boot order).  Setting the boot
+# device while QEMU runs also re-indexes the devices over QMP (qom-set); QEMU rebuilds "bootorder"
+# on every reset, so a guest-initiated reboot follows it too, on both firmwares.
 d=$1; op=$2; shift 2
 [ -f "$d/boot" ] || echo default > "$d/boot"
 [ -f "$d/fail" ] && { echo "injected failure"; exit 1; }
@@ -29,28 +33,38 @@ alive() {
   [ "$(cut -d')' -f2 "/proc/$ap/stat" 2>/dev/null | cut -d' ' -f2)" = Z ] && return 1
   grep -q "$d/qemu.pid" "/proc/$ap/cmdline" 2>/dev/null
 }
-bootorder() {  # stored device first, then the other one, as a server's BIOS falls back
-  case $(cat "$d/boot") in
-    pxe) echo nc ;;
-    cdrom) echo dcn ;;
-    *) echo cn ;;
-  esac
+netidx() { if [ "$(cat "$d/boot")" = pxe ]; then echo 1; else echo 2; fi; }  # the NIC's bootindex
+bootargs() {  # words without spaces: the caller word-splits them
+  n=$(netidx)
+  echo "-set device.pxenic.bootindex=$n"
+  grep -q 'id=bootdisk' "$d/qemu.cmd" && echo "-set device.bootdisk.bootindex=$((3 - n))"
+  [ "$(cat "$d/boot")" = bios ] && echo "-boot menu=on"
+  return 0
 }
-bootarg() {
-  if [ "$(cat "$d/boot")" = bios ]; then echo order=cn,menu=on; else echo "order=$(bootorder)"; fi
+reindex() {  # the running VM's next reset follows the stored device; clear both first, so that no
+  n=$(netidx)  # qom-set meets an index the other device holds ("bootindex 1 has already been used")
+  p=/machine/peripheral
+  qmp "{\"execute\":\"qom-set\",\"arguments\":{\"path\":\"$p/pxenic\",\"property\":\"bootindex\",\"value\":-1}}" \
+      "{\"execute\":\"qom-set\",\"arguments\":{\"path\":\"$p/bootdisk\",\"property\":\"bootindex\",\"value\":-1}}" \
+      "{\"execute\":\"qom-set\",\"arguments\":{\"path\":\"$p/pxenic\",\"property\":\"bootindex\",\"value\":$n}}" \
+      "{\"execute\":\"qom-set\",\"arguments\":{\"path\":\"$p/bootdisk\",\"property\":\"bootindex\",\"value\":$((3 - n))}}"
 }
-qmp() {  # qmp '<json command>' ...: best effort, the VM may be going away
+qmp() {  # qmp '<json command>' ...: best effort, the VM may be going away (or lack the device)
   [ -S "$d/qmp.sock" ] || return 0
+  # each command waits for its own answer, not a fixed sleep (4 qom-sets: ~0.1 s in all): ipmi_sim
+  # blocks on this hook, and pyghmi resends a request it has no answer to after 0.5-1 s
   python3 - "$d/qmp.sock" "$@" <<'EOF' >/dev/null 2>&1
-import socket, sys, time
+import json, socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(2)
 s.connect(sys.argv[1])
-s.recv(4096)                                      # greeting
+f = s.makefile("rwb")
+f.readline()                                      # greeting
 for m in ['{"execute":"qmp_capabilities"}'] + sys.argv[2:]:
-    s.sendall(m.encode() + b"\n")
-    time.sleep(0.05)
-    s.recv(4096)
+    f.write(m.encode() + b"\n")
+    f.flush()
+    while not {"return", "error"} & json.loads(f.readline()).keys():
+        pass                                      # an event, not the answer
 EOF
 }
 start() {
@@ -59,7 +73,7 @@ start() {
   echo "$(date +%s.%N) start boot=$(cat "$d/boot")" >> "$d/events.log"
   # close every inherited fd above 2 (ipmi_sim's UDP/TCP sockets), then exec QEMU
   bash -c 'for f in /proc/$$/fd/*; do n=${f##*/}; [ "$n" -gt 2 ] && eval "exec $n>&-"; done 2>/dev/null; exec "$@"' \
-    qemu $(cat "$d/qemu.cmd") -boot "$(bootarg)" -daemonize -pidfile "$d/qemu.pid" </dev/null >>"$d/qemu.err" 2>&1
+    qemu $(cat "$d/qemu.cmd") $(bootargs) -daemonize -pidfile "$d/qemu.pid" </dev/null >>"$d/qemu.err" 2>&1
 }
 stop() {
   alive || { rm -f "$d/qemu.pid"; return 0; }
@@ -91,7 +105,7 @@ set)
       shutdown) alive && qmp '{"execute":"system_powerdown"}' ;;
       boot)
         echo "$v" > "$d/boot"
-        alive && qmp "{\"execute\":\"human-monitor-command\",\"arguments\":{\"command-line\":\"boot_set $(bootorder)\"}}" ;;
+        alive && reindex ;;
       identify) echo "$v" > "$d/identify" ;;
       *) echo "Invalid parameter: $p"; exit 1 ;;
     esac

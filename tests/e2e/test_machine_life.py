@@ -51,6 +51,13 @@ def cycles(events: list[str]) -> int:
     return n
 
 
+def pxe_then_one_cycle(events: list[str]) -> bool:
+    """The free's BMC commands: boot device PXE (a target state: pyghmi resends a request that ipmi_sim's
+    blocking chassis hook answered late, so it may stand twice), then exactly one power cycle."""
+    boots = [e for e in events if e.startswith("boot ")]
+    return bool(boots) and set(boots) == {"boot pxe"} and cycles(events) == 1
+
+
 def ports_if(rack: Rack, i: int, pred) -> dict | None:
     """Machine i's ports on both leaves if ``pred`` holds for both, else None."""
     p = rack.ports(i)
@@ -148,7 +155,7 @@ def test_bios_machine_life(bios_rack: Rack):
     got = install(rack, i, since)
     assert cycles(rack.bmc_events_since(i, got["t_alloc"])) == 0, "the BMC cycled the machine during the install"
     out = free(rack, i, since)
-    assert out["bmc"].count("boot pxe") == 1 and cycles(out["bmc"]) == 1, out["bmc"]
+    assert pxe_then_one_cycle(out["bmc"]), out["bmc"]
     assert rack.api.violations() == []
 
 
@@ -168,7 +175,8 @@ def test_trace_shows_every_phase(bios_rack: Rack):
 
 def test_life_with_faults(bios_rack: Rack):
     """Every stage killed -9 at a bad moment, nsqd restarted, netconfd stopped 20 s, the Metal API 5xx
-    for 20 s, the BMC unreachable for 20 s: the machine still reaches every end state, once."""
+    for 20 s, the BMC unreachable for 20 s, the pxe stage down while the freed machine PXE boots: the
+    machine still reaches every end state, once (its disk boot is undone by one more PXE + power cycle)."""
     rack, i = bios_rack, 1
     m = rack.machine(i)
     ensure_waiting(rack, i)
@@ -209,7 +217,9 @@ def test_life_with_faults(bios_rack: Rack):
     inst = install(rack, i, since, during=during_install)
 
     # 3. nsqd restarted; the BMC unreachable for 20 s; free; the nsq consumer killed right after the
-    #    delete event; the pxe stage killed after the event, before the machine PXE boots again
+    #    delete event; the pxe stage killed and kept down while the machine's PXE ROM asks for a boot file:
+    #    the ROM gets no answer and boots the disk. The nsq consumer's PXE boot watchdog must notice (no
+    #    discovery event at the Metal API within pxe_boot_watchdog) and cycle the machine into PXE again.
     t = time.time()
     rack.lab.restart_nsq()
     notes.append({"fault": "nsqd restarted", "at": t, "back_after": round(time.time() - t, 1)})
@@ -217,17 +227,25 @@ def test_life_with_faults(bios_rack: Rack):
     rack.lab.stop_bmc(i)
     notes.append(bmc_down)
 
+    pxe_down: list[dict] = []  # the fault record, completed when the stage is back
+
     def during_free(step: str) -> None:
         if step == "freed":
             rack.kill9("nsq_consumer", "right after the delete event arrived")
             rack.kill9("pxe", "before the machine's PXE boot (offer)")
-            rack.wait_pxe_open(90)
+            pxe_down.append(rack.stop_stage("pxe", "kept down through the machine's PXE boot"))
             left = 20 - (time.time() - bmc_down["at"])
             if left > 0:
                 time.sleep(left)
             rack.lab.start_bmc(i)
             bmc_down["back_after"] = round(time.time() - bmc_down["at"], 1)
+        elif step == "cycled":
+            # the ROM found no ProxyDHCP offer and booted the disk: the tenant's OS would run on the PXE VLAN
+            rack.console(i).wait_for(r"DISK-BOOT-OK", BOOT_TIMEOUT, after=free_mark[0])
+            rack.start_stage("pxe", pxe_down[0])
+            rack.wait_pxe_open(90)
 
+    free_mark = [rack.console(i).mark()]
     out = free(rack, i, since, during=during_free)
     took = time.time() - t0
 
@@ -237,10 +255,14 @@ def test_life_with_faults(bios_rack: Rack):
     bmc_install = rack.bmc_events_since(i, inst["t_alloc"])
     bmc_free = out["bmc"]
     assert len(fin) == 1, fin
-    assert cycles(bmc_free) == 1, f"the delete event cycled the machine {cycles(bmc_free)} times: {bmc_free}"
+    # one cycle for the free, one by the PXE boot watchdog after the disk boot, no more
+    assert cycles(bmc_free) == 2, f"the delete event cycled the machine {cycles(bmc_free)} times: {bmc_free}"
+    # the boot device is a target state (repeats after redeliveries are harmless), and only ever PXE here
+    boots = [e for e in bmc_free if e.startswith("boot ")]
+    assert len(boots) >= 2 and set(boots) == {"boot pxe"}, bmc_free
     assert cycles([e for e in bmc_install if e not in bmc_free]) == 0 or cycles(bmc_install) == 1
     assert rack.api.violations() == []
-    assert len(rack.faults) == 5, rack.faults
+    assert len(rack.faults) == 6, rack.faults
     summary = fault_summary(rack, notes, api_calls, bmc_install, bmc_free, took)
     (rack.tmp / "fault-summary.md").write_text(summary)
     print("\n" + summary)
@@ -258,7 +280,8 @@ def fault_summary(rack: Rack, notes, api_calls, bmc_install, bmc_free, took) -> 
     lines += ["", "BMC commands (events.log) from the allocation to the end of the install: "
               + ", ".join(bmc_install[:len(bmc_install) - len(bmc_free)] or ["-"]),
               "BMC commands after the free: " + ", ".join(bmc_free),
-              f"power cycles after the free: {cycles(bmc_free)} (exactly one wanted)", "",
+              f"power cycles after the free: {cycles(bmc_free)} (two wanted: the free's, and the PXE boot "
+              "watchdog's after the machine booted its disk while the pxe stage was down)", "",
               "| Metal API call (stand-in call log) | count |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(codes.items()) if "/switch/" not in k]
     sw = sum(v for k, v in codes.items() if "/switch/" in k)
@@ -337,10 +360,12 @@ def uefi_rack(rack_factory) -> Rack:
 
 
 def test_uefi_machine_life(uefi_rack: Rack):
-    """UEFI (OVMF): the same life. OVMF ignores QEMU's -boot order (it always tries its Boot0001, the disk,
-    first) and the lab disk has no EFI loader, so "boot device disk" cannot be seen on the console: after
-    the install the VM falls through to iPXE, which metalcore does not serve an allocated machine
-    ("Nothing to boot"). After the free, the BMC's PXE + cycle brings it back into discovery."""
+    """UEFI (OVMF): the same life as the BIOS machine. OVMF ignores QEMU's -boot order, so the BMC's boot
+    device reaches it as bootindex on the NIC and the disk (QEMU's fw_cfg "bootorder", rebuilt on every
+    reset; the hook re-indexes a running VM over QMP when the boot device is set). The lab disk has an EFI
+    System Partition whose \\EFI\\BOOT\\BOOTX64.EFI prints DISK-BOOT-OK: the initrd's reboot after the
+    install boots the disk (no PXE into the initrd again), and the free's boot device PXE + exactly one
+    power cycle brings the machine back into discovery."""
     rack, i = uefi_rack, 1
     since = len(rack.api.calls())
     con = rack.console(i)
@@ -350,12 +375,12 @@ def test_uefi_machine_life(uefi_rack: Rack):
     assert f"core={rack.core_address}" in line.text
     con.wait_for(WAITING, BOOT_TIMEOUT, after=mark)
     assert [c["status"] for c in calls(rack, since, "/v1/machine/register", "POST")] == [201]
-    mark2 = con.mark()
-    got = install(rack, i, since, disk_marker=False)
-    # the reboot after the install: no PXE boot into the initrd for an allocated machine
-    con.wait_for(r"Nothing to boot|Start PXE over IPv4", 180, after=mark2)
-    assert not con.find(r"METALCORE-MARKER initrd-started", after=mark2)
-    assert cycles(rack.bmc_events_since(i, got["t_alloc"])) == 0
+    got = install(rack, i, since, disk_marker=True)
+    # the reboot after the install went to the disk: neither iPXE nor the initrd came up again
+    reboot = con.find_all(r"METALCORE-MARKER finish action=reboot")[-1]
+    assert con.find(r'BdsDxe: starting Boot\d+ "UEFI Misc Device"', after=reboot.index), "OVMF did not start the disk"
+    assert not con.find(r"^iPXE 1\.|Configuring \(net0|METALCORE-MARKER initrd-started", after=reboot.index)
+    assert cycles(rack.bmc_events_since(i, got["t_alloc"])) == 0, "the BMC cycled the machine during the install"
     out = free(rack, i, since)
-    assert cycles(out["bmc"]) == 1, out["bmc"]
+    assert pxe_then_one_cycle(out["bmc"]), out["bmc"]
     assert rack.api.violations() == []

@@ -3,7 +3,8 @@
 * reference boot: dnsmasq's own PXE answer + plain HTTP -> iPXE -> the lab kernel + initrd, on a
   BIOS (SeaBIOS) and a UEFI (OVMF) machine at once, to the initrd's first marker;
 * IPMI over the LAN (pyghmi -> ipmi_sim -> qemu-chassis.sh) really power-cycles a machine, and
-  the boot device set over IPMI decides whether the next boot PXE-boots or boots the disk;
+  the boot device set over IPMI decides whether the next boot PXE-boots or boots the disk, on
+  SeaBIOS and on OVMF (bootindex -> fw_cfg bootorder; the disk's EFI System Partition);
 * the initrd's small metal-hammer speaks metal-core's HTTP API (a stub metal-core in the rack
   namespace records what it sends).
 
@@ -12,6 +13,7 @@ Each boot to the first marker is ~7-12 s under TCG; the whole module takes about
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import time
 from pathlib import Path
@@ -26,6 +28,8 @@ pytestmark = pytest.mark.timeout(240)
 
 FIRST = "METALCORE-MARKER initrd-started"
 PXE_SIGNS = r"Booting from ROM|iPXE initialising devices|Configuring \(net0|" + FIRST
+# OVMF: the iPXE EFI driver's banner, iPXE's DHCP, EDK2's own PXE
+UEFI_PXE_SIGNS = r"^iPXE 1\.|Configuring \(net0|UEFI PXEv4|Start PXE over|" + FIRST
 
 
 def test_reference_boot_bios_and_uefi_at_once(reference_pxe, machine_factory):
@@ -95,6 +99,65 @@ def test_ipmi_cycle_and_boot_device_drive_the_vm(reference_pxe, machine_factory,
         assert ev.count("power 0") >= 2  # each cycle: off, then on after ipmi_sim's 1 s timer
     finally:
         reference_pxe.http.set_cmdline("")
+
+
+def qmp(sock: Path, *commands: dict) -> list[dict]:
+    """Send QMP commands to the VM's monitor (the hook's qmp.sock); the answers."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(sock))
+        f = s.makefile("rwb")
+        f.readline()  # greeting
+        out = []
+        for c in ({"execute": "qmp_capabilities"},) + commands:
+            f.write(json.dumps(c).encode() + b"\n")
+            f.flush()
+            while "return" not in (r := json.loads(f.readline())) and "error" not in r:
+                pass  # an event
+            out.append(r)
+        return out[1:]
+
+
+def test_uefi_boot_device_over_ipmi(reference_pxe, machine_factory, qemu_bmcs):
+    """OVMF follows the BMC's boot device: disk -> the ESP's BOOTX64.EFI prints DISK-BOOT-OK, no PXE;
+    PXE + power cycle -> iPXE; disk set while the VM runs + a warm reset (what a guest reboot does)
+    -> the disk again, from the bootindex the hook re-set over QMP."""
+    m = machine_factory.create(firmware="uefi", disk=True)
+    bmc = qemu_bmcs([m], boot="default").bmcs[0]
+    con = m.ensure_console()
+    c = ipmi_command.Command(bmc=bmc.host, userid=bmc.user, password=bmc.password, port=bmc.port)
+
+    # 1. boot device disk, power on: OVMF boots the disk's EFI loader, the NIC is never tried
+    t0 = time.time()
+    c.set_power("on", wait=False)
+    line = con.wait_for(DISK_MARKER, 90)
+    assert con.find(r'BdsDxe: starting Boot\d+ "UEFI Misc Device"'), "OVMF did not start the disk"
+    assert not con.find(UEFI_PXE_SIGNS), "disk boot went to the network"
+    assert reference_pxe.dhcp.discovers(m.mac) == 0
+    took = {"disk (power on)": line.time - t0}
+
+    # 2. boot device PXE, power cycle (QEMU restarts): iPXE gets an address from the site DHCP
+    c.set_bootdev("network")
+    assert bmc.boot_device() == "pxe"
+    mark, t0 = con.mark(), time.time()
+    c.raw_command(netfn=0x00, command=0x02, data=[0x02])  # Chassis Control: power cycle
+    took["iPXE (cycle)"] = con.wait_for(r"^iPXE 1\.", 90, after=mark).time - t0
+    con.wait_for(r"Configuring \(net0.*ok", 90, after=mark)
+    assert reference_pxe.dhcp.discovers(m.mac) >= 1
+    assert not con.find(DISK_MARKER, after=mark)
+
+    # 3. boot device disk while the VM runs, then a warm reset in the same QEMU: the disk
+    c.set_bootdev("hd")
+    assert bmc.boot_device() == "default"
+    pid = m.hook_vm_pid()
+    mark, t0 = con.mark(), time.time()
+    assert "error" not in qmp(Path(bmc.state_dir) / "qmp.sock", {"execute": "system_reset"})[0]
+    took["disk (warm reset)"] = con.wait_for(DISK_MARKER, 90, after=mark).time - t0
+    assert m.hook_vm_pid() == pid, "the VM was restarted, not reset"
+    assert not con.find(r"^iPXE 1\.|Configuring \(net0|" + FIRST, after=mark)
+    print(f"UEFI boot device over IPMI, seconds: { {k: round(v, 1) for k, v in took.items()} }")
+    ev = bmc.events()
+    assert ev.index("power 1") < ev.index("boot pxe") < ev.index("boot default")
 
 
 STUB_CORE = r'''
