@@ -93,7 +93,8 @@ class Rack:
         """The serial console of QEMU machine ``index``, read from the moment this was first called."""
         if index not in self.consoles:
             d = self.run_dir / "lab" / "machines" / f"machine{index:03d}"
-            self.consoles[index] = Console(d / "serial.log", d / "serial.ts.log").start()
+            # the lab's own reader writes serial.ts.log: a second writer there would double every line
+            self.consoles[index] = Console(d / "serial.log", d / "serial.test.ts.log").start()
         return self.consoles[index]
 
     # --- supervisord ------------------------------------------------------------------------------
