@@ -44,6 +44,7 @@ __all__ = ["Responder", "ProxyPort"]
 
 UNKNOWN_ARCH_LOG_EVERY = 60.0
 FAST_CACHE_MAX = 4096
+TRACK_EVERY = 1.0  # s; see fast_answer
 
 
 def fast_key(frame: bytes) -> bytes | None:
@@ -90,7 +91,11 @@ class Responder:
         self.fast_hits = 0
         self._ignored_children: dict[str, Any] = {}
         self._fast: dict[bytes, tuple[bytes, str, pxe.ClientInfo, Any, Any]] = {}
-        self._latency_cached = metrics.latency.labels("yes")
+        self._track_due: dict[str, float] = {}  # mac -> when a cached answer is told to the tracker again
+        self._clock = getattr(tracker, "clock", time.monotonic)
+        self._track_every = min(TRACK_EVERY, getattr(tracker, "same_window", TRACK_EVERY) / 2)
+        # answers from the packet loop's thread count into tallies (no lock per packet); the pool's not
+        self._latency_cached = metrics.tally_histogram(metrics.latency.labels("yes"))
         self._latency_asked = metrics.latency.labels("no")
 
     def is_ours(self, seen: Seen) -> bool:
@@ -136,11 +141,19 @@ class Responder:
         except OSError:
             return False
         self._latency_cached.observe(time.perf_counter() - at)
-        packet_child.inc()
-        offer_child.inc()
+        packet_child.n += 1  # Tally.inc() inlined: this is the hot path
+        offer_child.n += 1
         self.offers += 1
         self.fast_hits += 1
-        self.tracker.answered(info, decision, int.from_bytes(xid, "big"))
+        # A repeat within a second of the MAC's last tracked answer is the same boot attempt whatever its
+        # xid (BootTracker's same_window is longer): telling the tracker once a second keeps its sliding
+        # window alive without its lock and bookkeeping on every packet of a retry storm.
+        now = self._clock()
+        if now >= self._track_due.get(mac, 0.0):
+            if len(self._track_due) >= FAST_CACHE_MAX:
+                self._track_due.clear()
+            self._track_due[mac] = now + self._track_every
+            self.tracker.answered(info, decision, int.from_bytes(xid, "big"))
         return True
 
     def _ignored(self, packet: dhcp.DhcpPacket, ign: pxe.Ignore) -> None:
@@ -192,8 +205,8 @@ class Responder:
             self._fast.clear()  # a flood of distinct requests: start over rather than grow
         arch = arch_label(seen.packet)
         self._fast[key] = (bytes(out), reply.info.mac, reply.info,
-                           self.metrics.packets.labels("in", "DISCOVER", arch),
-                           self.metrics.offers.labels("offer", arch))
+                           self.metrics.tally(self.metrics.packets.labels("in", "DISCOVER", arch)),
+                           self.metrics.tally(self.metrics.offers.labels("offer", arch)))
 
 
 class ProxyPort:

@@ -28,6 +28,7 @@ from metalcore.pxe.watch import EventQueue, Watcher, decode_frame, event_body
 __all__ = ["PxeService", "proxy_settings"]
 
 SWITCH_INTERVAL = 0.0002
+STATS_TICK = 0.25
 
 
 def proxy_settings(settings: Any, http_port: int | None = None) -> ProxySettings:
@@ -102,7 +103,14 @@ class PxeService:
         self.publisher.publish("dhcp", body["type"].lower(), body, mac=body["mac"])
 
     def _poll_stats(self) -> None:
-        while not self._stats_stop.wait(1.0):
+        """Every 0.25 s: the packet loop's tallies into Prometheus (a scrape flushes them too); every
+        second: the kernel's drop count."""
+        tick = 0
+        while not self._stats_stop.wait(STATS_TICK):
+            self.metrics.flush()
+            tick += 1
+            if tick % 4:
+                continue
             try:
                 _packets, drops = self.sock.stats()
             except OSError:
@@ -131,6 +139,7 @@ class PxeService:
             self.sock.close()
         self.gate.close()
         self.tracker.close()
+        self.metrics.flush()
 
     def stats(self) -> dict[str, Any]:
         return {

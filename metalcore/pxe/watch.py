@@ -32,11 +32,23 @@ __all__ = ["Seen", "decode_frame", "arch_label", "type_label", "EventQueue", "Wa
 _ARCH_NAMES = {int(a): str(int(a)) for a in pxe.Arch}
 _TYPE_NAMES = {int(t): t.name for t in MessageType}
 EVENT_QUEUE_MAX = 10_000  # a few seconds of a retry storm; beyond that events are dropped, counted
-# Bus events per second: a rack sends a few DHCP packets per second; beyond this rate (a flood, a
+# Bus events: a token bucket. A rack sends a few DHCP packets per second, a whole rack booting at once a
+# few hundred within a minute (EVENT_BURST covers that); beyond EVENT_RATE sustained (a flood, a
 # benchmark) events are dropped and counted, so that observability cannot eat the CPU (one GIL) the
-# answers to booting machines need.
-EVENT_RATE = 1000.0
-PUBLISH_POLL = 0.05  # events reach the bus within 50 ms
+# answers to booting machines need. One published event costs ~70 µs of GIL time (decode 12, body 11,
+# envelope + JSON + record + ZeroMQ hand-off ~45). At the former 1,000/s that was 7 % of a core and,
+# in 50-event batches, a ~3 ms stall of the packet loop every 50 ms: the p99 of the offer latency at 32
+# in flight (4.1-4.7 ms). At 200/s the publisher still held the GIL ~1.4 % of the time, and a request
+# that arrived then waited up to the switch interval: p99 at 1 in flight 0.27-0.30 ms vs 0.13-0.16 ms
+# at 50/s (docs/benchmarks-pxe.md, "Run 2026-11-25 07:25" and after).
+EVENT_RATE = 50.0
+EVENT_BURST = 1000.0
+# The publisher wakes every PUBLISH_POLL while events are queued and publishes at most PUBLISH_BATCH
+# per wake-up, so it holds the GIL for ~0.5 ms at a time at most (a burst drains at 1,600/s); with an
+# empty queue it looks every PUBLISH_IDLE_POLL (events reach the bus within 50 ms).
+PUBLISH_POLL = 0.005
+PUBLISH_IDLE_POLL = 0.05
+PUBLISH_BATCH = 8
 
 
 def arch_label(packet: DhcpPacket) -> str:
@@ -107,17 +119,19 @@ class EventQueue:
     are published."""
 
     def __init__(self, publish: Callable[[Received, float], None], metrics: PxeMetrics,
-                 maxlen: int = EVENT_QUEUE_MAX, rate: float = EVENT_RATE) -> None:
+                 maxlen: int = EVENT_QUEUE_MAX, rate: float = EVENT_RATE, burst: float = EVENT_BURST) -> None:
         self._publish = publish
         self._metrics = metrics
         self._q: collections.deque = collections.deque()
         self._maxlen = maxlen
         self._rate = rate
-        self._tokens = rate
+        self._burst = max(burst, 1.0)
+        self._tokens = self._burst
         self._refilled = time.monotonic()
         self._drop_child = metrics.events_dropped
         self._stop_event = threading.Event()
         self.dropped = 0
+        self._dropped_synced = 0
         self._thread = threading.Thread(target=self._run, name="pxe-events", daemon=True)
 
     def start(self) -> "EventQueue":
@@ -128,19 +142,21 @@ class EventQueue:
         # the rate limit is applied here, in the packet loop, so a dropped event costs a few
         # arithmetic operations and never wakes the publisher thread (which would take the GIL)
         now = time.monotonic()
-        self._tokens = min(self._rate, self._tokens + (now - self._refilled) * self._rate)
+        self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._rate)
         self._refilled = now
         if self._tokens < 1 or len(self._q) >= self._maxlen:
-            self.dropped += 1
-            self._drop_child.inc()
+            self.dropped += 1  # the metric is brought up to date by the publisher thread (no lock here)
             return
         self._tokens -= 1
         self._q.append((rx, at))  # no wake-up: the publisher polls (a notify per packet cost the loop ~10 %)
 
     def _run(self) -> None:
         while True:
-            stopping = self._stop_event.wait(PUBLISH_POLL)
-            while self._q:
+            stopping = self._stop_event.wait(PUBLISH_POLL if self._q else PUBLISH_IDLE_POLL)
+            self.sync_metrics()
+            for _ in range(len(self._q) if stopping else PUBLISH_BATCH):
+                if not self._q:
+                    break
                 rx, at = self._q.popleft()
                 try:
                     self._publish(rx, at)
@@ -151,9 +167,16 @@ class EventQueue:
             if stopping:
                 return
 
+    def sync_metrics(self) -> None:
+        dropped = self.dropped  # only the packet loop writes it: read once, add the difference
+        if dropped != self._dropped_synced:
+            self._drop_child.inc(dropped - self._dropped_synced)
+            self._dropped_synced = dropped
+
     def stop(self, timeout: float = 2.0) -> None:
         self._stop_event.set()
         self._thread.join(timeout)
+        self.sync_metrics()
 
 
 class Watcher:
