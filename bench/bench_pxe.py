@@ -12,7 +12,7 @@ offers  ProxyDHCP offers/s and p50/p99 latency at 1, 8 and 32 requests in flight
 codec   in-process per-packet cost: frame+DHCP decode, the whole slow path (decode, decide, build, encode)
         and the reply-cache path, with a fake socket.
 drops   the stage's raw socket under a paced flood of 20k and 40k DISCOVERs/s (PACKET_STATISTICS).
-boot    QEMU BIOS machine to the initrd's first marker: through metalcore (site dnsmasq gives only the IP)
+boot    QEMU BIOS and UEFI (OVMF) machine to the initrd's first marker: through metalcore (site dnsmasq gives only the IP)
         vs dnsmasq's own PXE answer + a plain Python HTTP server.
 http    48 curl clients fetching a 100 MB initrd at once: the stage's HTTP server (first fetch through the
         cache, then warm) vs nginx-light serving the same file.
@@ -146,7 +146,9 @@ def run_offers(lab: Lab, seconds: float, count: int, reps: int) -> dict:
                     say(f"- metalcore warm-up: {ok}/{macs} MACs decided in {time.monotonic() - t0:.1f} s "
                         "(the Metal API stand-in asked once per MAC)")
                 for n in (1, 8, 32):
+                    cpu0 = _proc_cpu_s(st.proc.pid)
                     s = lab.client.closed_loop(n, count=count, seconds=seconds, macs=macs).summary()
+                    s["cpu_us"] = _cpu_us_per(st.proc.pid, cpu0, s["answered"])
                     results.setdefault(("metalcore", n), []).append(s)
                     if not s["answered"]:
                         say(f"- round {rep}, {n} in flight: no answer; stage log tail: "
@@ -161,14 +163,29 @@ def run_offers(lab: Lab, seconds: float, count: int, reps: int) -> dict:
                 if rep == 0:
                     say(f"- dnsmasq proxy mode answers: {ok}/16 warm-up MACs")
                 for n in (1, 8, 32):
-                    results.setdefault(("dnsmasq", n), []).append(
-                        lab.client.closed_loop(n, count=count, seconds=seconds, macs=macs).summary())
+                    cpu0 = _proc_cpu_s(dns.pid)
+                    s = lab.client.closed_loop(n, count=count, seconds=seconds, macs=macs).summary()
+                    s["cpu_us"] = _cpu_us_per(dns.pid, cpu0, s["answered"])
+                    results.setdefault(("dnsmasq", n), []).append(s)
                 results["dnsmasq_rss_mb"] = _rss(dns.pid)
             finally:
                 procs.stop(dns)
     finally:
         lab.stop_api()
     return results
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) the server process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def _cpu_us_per(pid: int, cpu0: float, answered: int) -> float:
+    return round((_proc_cpu_s(pid) - cpu0) / answered * 1e6, 1) if answered else float("nan")
 
 
 def _rss(pid: int) -> float:
@@ -241,7 +258,7 @@ def run_drops(lab: Lab) -> list[dict]:
 
 # --- boot --------------------------------------------------------------------------------------------
 
-def run_boot(lab: Lab, runs: int = 1) -> dict:
+def run_boot(lab: Lab, runs: int = 1, firmware: str = "bios") -> dict:
     from metalcore.lab.images import ensure_images
     from metalcore.lab.machines import MachineFactory
     from metalcore.lab.site_dhcp import ReferenceBootServer
@@ -252,7 +269,8 @@ def run_boot(lab: Lab, runs: int = 1) -> dict:
     shutil.copy(imgs.kernel, up_dir / "vmlinuz")
     shutil.copy(imgs.initrd, up_dir / "initrd.img")
     up = UpstreamFiles(up_dir).start()
-    factory = MachineFactory(lab.net, lab.work / "machines")
+    factory = MachineFactory(lab.net, lab.work / f"machines-{firmware}")
+    idx0 = 10 if firmware == "bios" else 40  # taps live until the lab closes: one index range per firmware
     res: dict[str, list[float]] = {"metalcore": [], "reference": []}
     first = "METALCORE-MARKER initrd-started"
     try:
@@ -262,9 +280,9 @@ def run_boot(lab: Lab, runs: int = 1) -> dict:
         st = lab.stage("boot")
         try:
             for i in range(runs):
-                m = factory.create(firmware="bios", index=10 + i)
+                m = factory.create(firmware=firmware, index=idx0 + i)
                 t0 = m.start()
-                res["metalcore"].append(round(m.console.wait_for(first, 120).time - t0, 2))
+                res["metalcore"].append(round(m.console.wait_for(first, 180).time - t0, 2))
                 m.stop()
         finally:
             st.stop()
@@ -274,9 +292,9 @@ def run_boot(lab: Lab, runs: int = 1) -> dict:
         rdhcp = SiteDhcp(lab.net, lab.work / "ref-dhcp", boot_url=ref.boot_url).start()
         try:
             for i in range(runs):
-                m = factory.create(firmware="bios", index=20 + i)
+                m = factory.create(firmware=firmware, index=idx0 + 10 + i)
                 t0 = m.start()
-                res["reference"].append(round(m.console.wait_for(first, 120).time - t0, 2))
+                res["reference"].append(round(m.console.wait_for(first, 180).time - t0, 2))
                 m.stop()
         finally:
             rdhcp.stop()
@@ -303,6 +321,31 @@ def curl_many(lab: Lab, url: str, n: int) -> dict:
             "MB_per_s": round(total / wall / 1e6), "slowest_s": round(max(float(o[2]) for o in ok), 2) if ok else None}
 
 
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """(user+system, user) CPU seconds of ``pid`` (all its threads) and of its live children (nginx workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = user = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            st = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(d) == pid or int(st[1]) == pid:
+            user += int(st[11])
+            total += int(st[11]) + int(st[12])
+    return total / tick, user / tick
+
+
+def _busy_loops(n: int) -> list[subprocess.Popen]:
+    """n CPU-bound processes at nice 0, each in its own session: with autogroup scheduling each one is a
+    separate group, like another session's job on this shared machine, so they compete with the servers
+    (their own sessions) and with the curl clients alike."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+            for _ in range(n)]
+
+
 def _nginx(lab: Lab, files: Path, workers: str, port: int):
     ngdir = lab.work / f"nginx-{workers}"
     (ngdir / "logs").mkdir(parents=True, exist_ok=True)
@@ -324,9 +367,12 @@ http {{
         log=ngdir / "nginx.out")
 
 
-def run_http(lab: Lab, clients: int = 48, size_mb: int = 100, rounds: int = 3) -> dict:
+def run_http(lab: Lab, clients: int = 48, size_mb: int = 100, rounds: int = 3, busy: int = 0) -> dict:
     """The stage and two nginx-light (worker_processes auto = 2, and 1) all listen at once; the first
-    fetch goes through the stage's cold cache, then rounds alternate stage / nginx auto / nginx 1."""
+    fetch goes through the stage's cold cache, then rounds alternate stage / nginx auto / nginx 1.
+    With ``busy`` > 0 the interleaved rounds are repeated with that many busy-loop processes running
+    (deliberate CPU contention, the same for every server). Each round also records the server's CPU
+    seconds (all threads / workers)."""
     files = lab.work / "www"
     files.mkdir(exist_ok=True)
     big = files / "initrd-100m.img"
@@ -353,9 +399,24 @@ def run_http(lab: Lab, clients: int = 48, size_mb: int = 100, rounds: int = 3) -
             res[("metalcore", "cold cache")] = [curl_many(lab, url, clients)]
             targets = [("metalcore", url), ("nginx workers=auto(2)", f"http://{lab.net.rack_ip}:8081/{big.name}"),
                        ("nginx workers=1", f"http://{lab.net.rack_ip}:8082/{big.name}")]
-            for _ in range(rounds):
-                for name, u in targets:
-                    res.setdefault((name, "warm"), []).append(curl_many(lab, u, clients))
+            pids = {"metalcore": st.proc.pid, "nginx workers=auto(2)": ngs[0].pid, "nginx workers=1": ngs[1].pid}
+            for kind, n_busy in [("warm", 0)] + ([(f"warm, {busy} busy loops", busy)] if busy else []):
+                hogs = _busy_loops(n_busy)
+                try:
+                    for i in range(rounds):
+                        # The order rotates from round to round: on this shared machine the load drifts
+                        # within a minute, and a fixed order (metalcore always first) turned a falling
+                        # load into an apparent 0.2-0.4x for whoever ran first (run 05:00).
+                        for name, u in targets[i % len(targets):] + targets[:i % len(targets)]:
+                            cpu0, user0 = _cpu_s(pids[name])
+                            r = curl_many(lab, u, clients)
+                            cpu1, user1 = _cpu_s(pids[name])
+                            r["cpu_s"] = f"{cpu1 - cpu0:.2f} ({user1 - user0:.2f})"
+                            res.setdefault((name, kind), []).append(r)
+                finally:
+                    for h in hogs:
+                        h.kill()
+                        h.wait()
             res["metalcore_rss_mb"] = _rss(st.proc.pid)
         finally:
             st.stop()
@@ -373,7 +434,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--count", type=int, default=100_000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--busy", type=int, default=0, help="http: also run the rounds with N busy-loop processes")
     ap.add_argument("--md", default="")
+    ap.add_argument("--firmware", default="bios,uefi", help="boot: bios, uefi or both")
+    ap.add_argument("--boot-runs", type=int, default=1, help="boot: machines per firmware and server")
     a = ap.parse_args()
     only = set(a.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-pxe-"))
@@ -393,13 +457,24 @@ def main() -> None:
         if "offers" in only:
             say("### ProxyDHCP offers (closed loop, 1024 MACs, new xid per request)")
             r = run_offers(lab, a.seconds, a.count, a.reps)
-            say("| server | in flight | offers/s per round | median offers/s | p50 ms (median) | p99 ms per round | lost |")
-            say("|---|---:|---|---:|---:|---|---:|")
+            say("| server | in flight | offers/s per round | median offers/s | p50 ms (median) | p99 ms per round "
+                "| p99 ms (median) | server CPU µs/offer (median) | lost |")
+            say("|---|---:|---|---:|---:|---|---:|---:|---:|")
             for (srv, n), runs in [(k, v) for k, v in r.items() if isinstance(k, tuple)]:
                 med = sorted(x["per_s"] for x in runs)[len(runs) // 2]
                 p50 = sorted(x["p50_ms"] for x in runs)[len(runs) // 2]
+                p99 = sorted(x["p99_ms"] for x in runs)[len(runs) // 2]
+                cpu = sorted(x["cpu_us"] for x in runs)[len(runs) // 2]
                 say(f"| {srv} | {n} | {', '.join(format(x['per_s'], ',') for x in runs)} | "
-                    f"{med:,} | {p50} | {', '.join(str(x['p99_ms']) for x in runs)} | {sum(x['lost'] for x in runs)} |")
+                    f"{med:,} | {p50} | {', '.join(str(x['p99_ms']) for x in runs)} | {p99} | {cpu} | "
+                    f"{sum(x['lost'] for x in runs)} |")
+            for n in (1, 8, 32):
+                mc, dm = r.get(("metalcore", n)), r.get(("dnsmasq", n))
+                if mc and dm:
+                    rate = sorted(x["per_s"] for x in mc)[len(mc) // 2] / max(1, sorted(x["per_s"] for x in dm)[len(dm) // 2])
+                    p99 = sorted(x["p99_ms"] for x in mc)[len(mc) // 2] / sorted(x["p99_ms"] for x in dm)[len(dm) // 2]
+                    say(f"- {n} in flight: metalcore/dnsmasq offers/s {rate:.2f}x (goal >= 0.5x), "
+                        f"p99 {p99:.2f}x (goal <= 2x)")
             say(f"RSS after the run: metalcore {r['metalcore_rss_mb']} MB, dnsmasq {r['dnsmasq_rss_mb']} MB")
             say()
         if "drops" in only:
@@ -411,21 +486,29 @@ def main() -> None:
                     f"{row['kernel_drops']:,.0f} | {row['offers']:,.0f} |")
             say()
         if "boot" in only:
-            say("### QEMU BIOS PXE boot to the initrd's first marker (s after QEMU start)")
-            r = run_boot(lab)
-            say(f"- through metalcore (site dnsmasq: IP only): {r['metalcore']}")
-            say(f"- reference (dnsmasq full PXE + Python http.server): {r['reference']}")
-            say()
+            for fw in a.firmware.split(","):
+                say(f"### QEMU {fw.upper()} PXE boot to the initrd's first marker (s after QEMU start)")
+                r = run_boot(lab, runs=a.boot_runs, firmware=fw)
+                say(f"- through metalcore (site dnsmasq: IP only): {r['metalcore']}")
+                say(f"- reference (dnsmasq full PXE + Python http.server): {r['reference']}")
+                say()
         if "http" in only:
             say("### 48 clients fetching a 100 MB initrd at once")
-            r = run_http(lab)
-            say("| server | cache | MB/s per round | median MB/s | slowest client s (median) | ok |")
-            say("|---|---|---|---:|---:|---:|")
+            r = run_http(lab, rounds=a.reps, busy=a.busy)
+            say("| server | cache | MB/s per round | median MB/s | vs best nginx | slowest client s (median) "
+                "| server CPU s per round (user) | ok |")
+            say("|---|---|---|---:|---:|---:|---|---:|")
+            meds = {k: sorted(x["MB_per_s"] for x in v)[len(v) // 2] for k, v in r.items() if isinstance(k, tuple)}
             for (name, kind), runs in [(k, v) for k, v in r.items() if isinstance(k, tuple)]:
-                med = sorted(x["MB_per_s"] for x in runs)[len(runs) // 2]
                 slow = sorted(x["slowest_s"] or 0 for x in runs)[len(runs) // 2]
-                say(f"| {name} | {kind} | {', '.join(format(x['MB_per_s'], ',') for x in runs)} | {med:,} | {slow} | "
+                best = max((m for (n2, k2), m in meds.items() if n2.startswith("nginx") and k2 == kind), default=0)
+                ratio = f"{meds[(name, kind)] / best:.2f}x" if best and name == "metalcore" else ""
+                say(f"| {name} | {kind} | {', '.join(format(x['MB_per_s'], ',') for x in runs)} | "
+                    f"{meds[(name, kind)]:,} | {ratio} | {slow} | {', '.join(str(x.get('cpu_s', '')) for x in runs)} | "
                     f"{sum(x['ok'] for x in runs)}/{sum(x['clients'] for x in runs)} |")
+            if a.busy:
+                say(f"(rows \"warm, {a.busy} busy loops\": {a.busy} `while True: pass` processes at nice 0, each in its "
+                    "own session, ran during those rounds, for every server alike)")
             say(f"stage RSS after the HTTP runs: {r.get('metalcore_rss_mb')} MB")
             say()
     finally:
