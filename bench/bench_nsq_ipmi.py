@@ -188,7 +188,14 @@ def cycle_all(n_bmcs: int) -> dict:
         rig.down()
 
 
+def _exit_on_term(signum, frame) -> None:
+    # SIGTERM (timeout, kill) ends the run through the rigs' finally blocks: their nsqd, BMCs and stages
+    # are stopped instead of outliving the benchmark
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_term)
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=2000)
     ap.add_argument("--samples", type=int, default=100)
