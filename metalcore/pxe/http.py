@@ -3,9 +3,10 @@
 Server: **aiohttp** (``web.AppRunner`` + ``web.SockSite`` on a socket we open inside the rack namespace),
 in one thread with its own event loop. Why aiohttp:
 
-* its ``FileResponse`` hands a file to ``loop.sendfile`` -> ``os.sendfile``: the kernel copies the page
-  cache to the socket, no byte of a 100 MB initrd passes through Python (tornado's StaticFileHandler and
-  waitress both read files into Python buffers); Range, HEAD, If-Modified-Since and ETag come with it;
+* its ``FileResponse`` brings Range, HEAD, If-Modified-Since and ETag, and sends the body with
+  ``os.sendfile`` (here through our ``SendfilePump``, metalcore/pxe/sendfile.py, rather than its
+  ``loop.sendfile``): the kernel copies the page cache to the socket, no byte of a 100 MB initrd passes
+  through Python (tornado's StaticFileHandler and waitress both read files into Python buffers);
 * it is embeddable: it serves on a socket we hand it (the socket keeps the namespace it was made in,
   metalcore/net/netns.py), in a thread of the stage process, next to the raw socket. gunicorn also
   sendfiles, but it wants to be the process (arbiter, fork, signals) and could not share the stage's
@@ -43,6 +44,7 @@ from metalcore.net.netns import in_netns
 from metalcore.protocol.ipxe import render_boot_script, render_exit_script
 from metalcore.pxe.decisions import DecisionGate
 from metalcore.pxe.metrics import PxeMetrics
+from metalcore.pxe.sendfile import SendfilePump
 from metalcore.pxe.tftp import resolve_inside
 
 __all__ = ["BootFileCache", "BootFileResponse", "BootHttpServer", "url_key"]
@@ -164,24 +166,43 @@ class BootFileCache:
 
 
 class BootFileResponse(web.FileResponse):
-    """aiohttp's FileResponse (Range, HEAD, conditional GET, ETag; the body by ``loop.sendfile``), which
-    tells ``on_sent(n)`` the length of the body it sends: the transfer metric counts a Range request's
-    bytes, not the file's size, and nothing for HEAD or 304.
+    """aiohttp's FileResponse (Range, HEAD, conditional GET, ETag), whose body goes out through the
+    server's ``SendfilePump`` (metalcore/pxe/sendfile.py: ``os.sendfile``, every transfer's socket in one
+    edge-triggered epoll, at most 2 MiB per call) instead of ``loop.sendfile``, and which tells
+    ``on_sent(n)`` the bytes of the body that left: a Range request's bytes, not the file's size, nothing
+    for HEAD or 304, and the part sent of a transfer the client broke off.
 
     Sending stays on the event loop. A variant that gave each transfer a thread doing one blocking
-    ``os.sendfile`` (the kernel waits for buffer space, no Python per chunk) was measured against it and
-    nginx with 4 busy loops on the 2-core machine: 471 MB/s vs 636 (loop) vs 680 (nginx), median of 6
-    interleaved rounds. Its 48 threads each need the scheduler for every wake-up, where the one event
-    loop, like nginx's worker, serves every writable socket in one wake-up (docs/benchmarks-pxe.md).
+    ``os.sendfile`` (the kernel waits for buffer space, no Python per chunk) was measured against
+    ``loop.sendfile`` and nginx with 4 busy loops on the 2-core machine: 471 MB/s vs 636 (loop) vs 680
+    (nginx), median of 6 interleaved rounds. Its 48 threads each need the scheduler for every wake-up, where
+    one event loop, like nginx's worker, serves every writable socket in one wake-up (docs/benchmarks-pxe.md).
     """
 
-    def __init__(self, path: Path, on_sent: Any, **kwargs: Any) -> None:
+    def __init__(self, path: Path, on_sent: Any, pump: SendfilePump | None = None, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         self._on_sent = on_sent
+        self._pump = pump
 
     async def _sendfile(self, request: web.BaseRequest, fobj: Any, offset: int, count: int) -> Any:
-        writer = await super()._sendfile(request, fobj, offset, count)
-        self._on_sent(count)
+        if self._pump is None:
+            writer = await super()._sendfile(request, fobj, offset, count)
+            self._on_sent(count)
+            return writer
+        # StreamResponse.prepare, as FileResponse._sendfile itself calls it (FileResponse.prepare would
+        # recurse): the status line and headers are written to the transport now (sent immediately).
+        writer = await web.StreamResponse.prepare(self, request)
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("Connection lost")
+        sock = transport.get_extra_info("socket")
+        if transport.get_write_buffer_size() or sock is None:
+            # The headers did not fit into the socket at once: asyncio's path waits for them to drain.
+            await asyncio.get_running_loop().sendfile(transport, fobj, offset, count)
+            self._on_sent(count)
+        else:
+            await self._pump.send(sock, fobj.fileno(), offset, count, on_sent=self._on_sent)
+        await web.StreamResponse.write_eof(self)
         return writer
 
 
@@ -201,6 +222,7 @@ class BootHttpServer:
         self.cache = BootFileCache(cache_dir, metrics)
         self.loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
+        self.pump = SendfilePump(self.loop)
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="pxe-http", daemon=True)
@@ -223,6 +245,7 @@ class BootHttpServer:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
+            self.pump.open()
             app = self.make_app()
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=STOP_GRACE)
             self.loop.run_until_complete(self._runner.setup())
@@ -238,6 +261,7 @@ class BootHttpServer:
         async def shutdown() -> None:
             if self._runner is not None:
                 await self._runner.cleanup()
+            self.pump.close()
             await self.cache.close()
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
@@ -296,7 +320,7 @@ class BootHttpServer:
             self._count("boot", e.status)
             raise
         self._count("boot", 200)
-        return BootFileResponse(path, self.metrics.http_bytes.labels("boot").inc, chunk_size=1 << 20,
+        return BootFileResponse(path, self.metrics.http_bytes.labels("boot").inc, self.pump, chunk_size=1 << 20,
                                 headers={"Content-Type": "application/octet-stream"})
 
     async def efi_file(self, request: web.Request) -> web.StreamResponse:
