@@ -87,6 +87,16 @@ def _run(coro):
         loop.close()
 
 
+
+async def _finish(loop, pump, readers, pairs) -> None:
+    """Wait for the reader threads, then close the pump and both ends of every socket pair."""
+    for t in readers:
+        await loop.run_in_executor(None, t.join, 20)
+    pump.close()
+    for s, c in pairs:
+        s.close()
+        c.close()
+
 def test_many_transfers_at_once_arrive_whole_with_bounded_chunks(blob):
     data = blob.read_bytes()
     ranges = [(i * 65_537 % len(data), len(data) - i * 65_537 % len(data)) for i in range(24)]
@@ -133,12 +143,7 @@ def test_short_transfers_back_to_back_reuse_descriptors_safely(blob):
             async def conn(s, k):
                 return [await pump.send(s, f.fileno(), k, n) for n in sizes[k]]
             sent = await asyncio.wait_for(asyncio.gather(*(conn(s, k) for k, (s, _c) in enumerate(pairs))), 20)
-        for t in readers:
-            await loop.run_in_executor(None, t.join, 20)
-        pump.close()
-        for s, c in pairs:
-            s.close()
-            c.close()
+        await _finish(loop, pump, readers, pairs)
         return sent, results
 
     sent, results = _run(main())
@@ -203,12 +208,7 @@ def test_loop_keeps_running_other_work_while_transfers_run(blob):
         with open(blob, "rb") as f:
             await asyncio.gather(*(pump.send(s, f.fileno(), 0, 4 << 20) for s, _c in pairs))
         tk.cancel()
-        for t in readers:
-            await loop.run_in_executor(None, t.join, 20)
-        pump.close()
-        for s, c in pairs:
-            s.close()
-            c.close()
+        await _finish(loop, pump, readers, pairs)
         return ticks, results
 
     ticks, results = _run(main())
