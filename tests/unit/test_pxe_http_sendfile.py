@@ -198,7 +198,7 @@ def test_loop_keeps_running_other_work_while_transfers_run(blob):
         pairs = await _pairs(8)
         results: list = []
         readers = [_reader(c, results, 4 << 20) for _s, c in pairs]
-        ticks: list = []
+        ticks: list = [loop.time()]  # the start and the end count too: a fast run may see no timer at all
 
         async def ticker():
             while True:
@@ -207,6 +207,7 @@ def test_loop_keeps_running_other_work_while_transfers_run(blob):
         tk = asyncio.ensure_future(ticker())
         with open(blob, "rb") as f:
             await asyncio.gather(*(pump.send(s, f.fileno(), 0, 4 << 20) for s, _c in pairs))
+        ticks.append(loop.time())
         tk.cancel()
         await _finish(loop, pump, readers, pairs)
         return ticks, results
@@ -214,7 +215,7 @@ def test_loop_keeps_running_other_work_while_transfers_run(blob):
     ticks, results = _run(main())
     assert len(results) == 8 and all(n == 4 << 20 for n, _h in results)
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
-    assert len(ticks) >= 2 and max(gaps) < 1.0, max(gaps)
+    assert max(gaps) < 1.0, f"the event loop stalled {max(gaps):.2f} s during the transfers"
 
 
 def test_boot_server_counts_the_bytes_of_a_broken_off_transfer_and_serves_on(tmp_path):
