@@ -233,7 +233,8 @@ SETTINGS: tuple[Spec, ...] = (
          "numbers are milliseconds, as in metal-core): a stale power command must not run late."),
     Spec("mq_channel", _str, "core", "NSQ channel; shared by every metalcore of the partition so that "
          "each event is handled once."),
-    Spec("mq_max_in_flight", _int_range(1, 10000), 64, "Machine events handled at once."),
+    Spec("mq_max_in_flight", _int_range(1, 10000), 256, "Machine events handled at once; a free holds its event "
+         "until the machine PXE booted (pxe_boot_watchdog), so keep it above the machines freed at once."),
     Spec("mq_requeue_delay", _duration(1.0), 1.0, "First requeue delay of a failed machine event; doubles per "
          "attempt up to 60 s (jittered), so a dead BMC is not hammered and the queue is not stalled."),
     Spec("mq_lookupd_poll_interval", _int_range(1, 3600), 5, "Seconds between nsqlookupd queries; bounds how "
