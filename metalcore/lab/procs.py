@@ -245,6 +245,20 @@ def wait_for(predicate, timeout: float, interval: float = 0.01, what: str = "con
         time.sleep(interval)
 
 
+def wait_for_log(rec: ProcRecord, log: str | Path, marker: str, timeout: float, what: str,
+                 interval: float = 0.02, tail: int = 15) -> None:
+    """Wait until ``marker`` appears in the log of a peer we started; its exit ends the wait at once with
+    the last lines of its output (a peer that died on start-up must not cost the whole timeout)."""
+    log = Path(log)
+
+    def ready() -> bool:
+        if not is_running(rec):
+            raise LabError(f"{what} exited: {log_tail(rec.log or log, tail)}")
+        return log.exists() and marker in log.read_text(errors="replace")
+
+    wait_for(ready, timeout, interval, what)
+
+
 def log_tail(path: str | Path, lines: int = 15) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])

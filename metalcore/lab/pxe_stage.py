@@ -103,12 +103,7 @@ class PxeStageProc:
         self.proc = procs.spawn("metalcore-pxe", [sys.executable, "-m", "stages.pxe"], cwd=REPO, log=self.log,
                                 env=self.env())
 
-        def ready() -> bool:
-            if not procs.is_running(self.proc):
-                raise LabError(f"the pxe stage exited: {procs.log_tail(self.log, 30)}")
-            return self.log.exists() and "PXE: watching" in self.log.read_text(errors="replace")
-
-        procs.wait_for(ready, timeout, 0.05, "the pxe stage to open its sockets")
+        procs.wait_for_log(self.proc, self.log, "PXE: watching", timeout, "the pxe stage", 0.05, tail=30)
         return self
 
     def stop(self) -> None:

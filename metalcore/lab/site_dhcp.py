@@ -90,12 +90,7 @@ class SiteDhcp:
             dnsmasq, "--no-daemon", f"--conf-file={conf}", f"--pid-file={self.workdir / 'dnsmasq.pid'}"],
             cwd=self.workdir, log=self.workdir / "dnsmasq.out")
 
-        def ready() -> bool:
-            if not procs.is_running(self.proc):
-                raise LabError(f"dnsmasq exited: {procs.log_tail(self.proc.log)}")
-            return self.log.exists() and "DHCP, IP range" in self.log.read_text(errors="replace")
-
-        procs.wait_for(ready, timeout, 0.02, "site dnsmasq to bind")
+        procs.wait_for_log(self.proc, self.log, "DHCP, IP range", timeout, "site dnsmasq")
         return self
 
     def stop(self) -> None:
@@ -179,12 +174,7 @@ class ReferenceBootServer:
             sys.executable, "-m", "metalcore.lab.site_dhcp", "serve", self.net.rack_ip, str(self.port), str(www)],
             cwd=REPO, log=self.log)
 
-        def ready() -> bool:
-            if not procs.is_running(self.proc):
-                raise LabError(f"reference HTTP server exited: {procs.log_tail(self.log)}")
-            return self.log.exists() and "READY" in self.log.read_text(errors="replace")
-
-        procs.wait_for(ready, timeout, 0.02, "reference HTTP server")
+        procs.wait_for_log(self.proc, self.log, "READY", timeout, "reference HTTP server")
         return self
 
     def stop(self) -> None:
