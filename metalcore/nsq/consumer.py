@@ -45,7 +45,7 @@ from metalcore.bus import JobClient, JobResult
 from metalcore.protocol.backoff import Backoff
 from metalcore.protocol.envelope import trace_id_for
 from metalcore.protocol.machine_events import (Ignored, MachineEvent, Plan, PlanOptions, Poison, Unsupported,
-                                               age_seconds, decode, is_expired, plan)
+                                               age_seconds, decode, is_expired, plan, pxe_cycle_plan)
 from metalcore.protocol.pxe_watchdog import Step, Watchdog, booted_since, wants_pxe_boot
 
 __all__ = ["MachineEventConsumer"]
@@ -99,6 +99,14 @@ def lookupd_addresses(mq_address: str) -> list[str]:
         a = a.strip()
         if a:
             out.append(a if "://" in a else f"http://{a}")
+    return out
+
+
+def _job_body(event: MachineEvent, body: dict) -> dict:
+    """An ipmi job's body: the action's, the machine id, and the BMC credentials when the event has them."""
+    out = {"machine_id": event.machine_id, **body}
+    if event.ipmi is not None:
+        out["ipmi"] = event.ipmi.to_body()
     return out
 
 
@@ -334,10 +342,8 @@ class MachineEventConsumer:
             if action.kind == "led-state":
                 error = await self._led_state(event.machine_id, action.body)
             else:
-                body = {"machine_id": event.machine_id, **action.body}
-                if event.ipmi is not None:
-                    body["ipmi"] = event.ipmi.to_body()
-                error = await self._job(message, nsq_id, i, action.kind, body, received, trace)
+                error = await self._job(message, nsq_id, i, action.kind, _job_body(event, action.body), received,
+                                        trace)
             if error is not None:
                 return f"{action.describe()}: {error}"
         return None
@@ -411,13 +417,11 @@ class MachineEventConsumer:
                             "({}/{})", mid, wd.window, n, wd.cycles)
                 self.publisher.publish("nsq", "pxe-watchdog", {"nsq_id": nsq_id, "event": event.label, "cycle": n,
                                                                "window": wd.window}, machine_id=mid, trace_id=trace)
-                base = {"machine_id": mid, **({"ipmi": event.ipmi.to_body()} if event.ipmi is not None else {})}
-                for suffix, name, body in (("b", "boot-device", {"device": "pxe", "persistent": True, "efi": True}),
-                                           ("p", "power", {"state": "cycle"})):
-                    error = await self._job(message, nsq_id, f"wd{n}{suffix}", name, {**base, **body}, received,
-                                            trace)
+                for k, action in enumerate(pxe_cycle_plan().actions):
+                    error = await self._job(message, nsq_id, f"wd{n}.{k}", action.kind,
+                                            _job_body(event, action.body), received, trace)
                     if error is not None:
-                        return f"PXE boot watchdog, cycle {n}: {name}: {error}"
+                        return f"PXE boot watchdog, cycle {n}: {action.describe()}: {error}"
                 wd.cycled_at(time.monotonic())
                 continue
             await self._sleep_touching(message, poll)

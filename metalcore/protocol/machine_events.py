@@ -30,7 +30,7 @@ from typing import Any, Union
 
 __all__ = [
     "Action", "COMMANDS", "Ignored", "IpmiCredentials", "MachineEvent", "PlanOptions", "Plan", "Poison",
-    "PoisonReason", "Unsupported", "age_seconds", "decode", "is_expired", "plan",
+    "PoisonReason", "Unsupported", "age_seconds", "decode", "is_expired", "plan", "pxe_cycle_plan",
 ]
 
 # nsqd's default --max-msg-size is 1 MiB; a machine event is a few hundred bytes (a 2019 full object a few KiB).
@@ -245,11 +245,16 @@ def _boot(device: str, persistent: bool) -> Action:
     return Action("boot-device", {"device": device, "persistent": persistent, "efi": True})
 
 
+def pxe_cycle_plan() -> Plan:
+    """Boot device PXE (persistent), then a power cycle: a free, and the PXE boot watchdog's retry."""
+    return Plan((_boot("pxe", True), _power("cycle")))
+
+
 def plan(event: MachineEvent, options: PlanOptions = PlanOptions()) -> Plan | Unsupported:
     """The ordered BMC actions of one event (table in metal-contracts.md §3.1)."""
     if event.type == "delete":
         # "free machine": next boot is PXE (into metal-hammer), then power cycle
-        return Plan((_boot("pxe", True), _power("cycle")))
+        return pxe_cycle_plan()
     cmd = event.command
     simple = {"ON": "on", "OFF": "off", "RESET": "reset", "CYCLE": "cycle"}
     if cmd in simple:
