@@ -160,18 +160,17 @@ class PxeMetrics:
 
     def tally(self, child) -> Tally:
         """The one Tally of a counter child (for the packet loop's thread only)."""
-        t = self._tallies.get(id(child))
-        if t is None:  # setdefault: the decision pool may create one at the same time (_remember)
-            t = self._tallies.setdefault(id(child), Tally(child))
-            _TALLIES.add(t)
-        return t  # type: ignore[return-value]
+        return self._one_tally(child, Tally)  # type: ignore[return-value]
 
     def tally_histogram(self, child) -> TallyHistogram:
+        return self._one_tally(child, TallyHistogram)  # type: ignore[return-value]
+
+    def _one_tally(self, child, kind):
         t = self._tallies.get(id(child))
-        if t is None:
-            t = self._tallies.setdefault(id(child), TallyHistogram(child))
+        if t is None:  # setdefault: the decision pool may create one at the same time (_remember)
+            t = self._tallies.setdefault(id(child), kind(child))
             _TALLIES.add(t)
-        return t  # type: ignore[return-value]
+        return t
 
     def packet(self, direction: str, mtype: str, arch: str) -> None:
         """Count a DHCP packet; the packet loop's thread only (a Tally)."""
