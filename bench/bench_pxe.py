@@ -146,7 +146,7 @@ def run_offers(lab: Lab, seconds: float, count: int, reps: int) -> dict:
                     say(f"- metalcore warm-up: {ok}/{macs} MACs decided in {time.monotonic() - t0:.1f} s "
                         "(the Metal API stand-in asked once per MAC)")
                 for n in (1, 8, 32):
-                    cpu0 = _proc_cpu_s(st.proc.pid)
+                    cpu0 = _cpu_s(st.proc.pid)[0]
                     s = lab.client.closed_loop(n, count=count, seconds=seconds, macs=macs).summary()
                     s["cpu_us"] = _cpu_us_per(st.proc.pid, cpu0, s["answered"])
                     results.setdefault(("metalcore", n), []).append(s)
@@ -163,7 +163,7 @@ def run_offers(lab: Lab, seconds: float, count: int, reps: int) -> dict:
                 if rep == 0:
                     say(f"- dnsmasq proxy mode answers: {ok}/16 warm-up MACs")
                 for n in (1, 8, 32):
-                    cpu0 = _proc_cpu_s(dns.pid)
+                    cpu0 = _cpu_s(dns.pid)[0]
                     s = lab.client.closed_loop(n, count=count, seconds=seconds, macs=macs).summary()
                     s["cpu_us"] = _cpu_us_per(dns.pid, cpu0, s["answered"])
                     results.setdefault(("dnsmasq", n), []).append(s)
@@ -175,17 +175,8 @@ def run_offers(lab: Lab, seconds: float, count: int, reps: int) -> dict:
     return results
 
 
-def _proc_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, all threads) the server process has used so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
 def _cpu_us_per(pid: int, cpu0: float, answered: int) -> float:
-    return round((_proc_cpu_s(pid) - cpu0) / answered * 1e6, 1) if answered else float("nan")
+    return round((_cpu_s(pid)[0] - cpu0) / answered * 1e6, 1) if answered else float("nan")
 
 
 def _rss(pid: int) -> float:
